@@ -1,0 +1,206 @@
+//! Credentials: access tokens (32 random bytes, hex, stored only as SHA-256), argon2id
+//! password hashes, and [`Session`], what an authenticated connection carries.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::error::{AppError, Code};
+use crate::store::{TokenHash, TokenRecord, TokenStore, UserId};
+
+/// An authenticated identity: who, and with which token (so logout can find the connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The user.
+    pub user_id: UserId,
+    /// Hash of the token the connection authenticated with.
+    pub token_hash: TokenHash,
+}
+
+/// A new random access token: 32 bytes from the OS generator, hex-encoded (64 URL-safe chars).
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// SHA-256 hex of a token, the only form stores keep.
+pub fn hash_token(token: &str) -> TokenHash {
+    TokenHash(hex::encode(Sha256::digest(token.as_bytes())))
+}
+
+/// The current time as RFC 3339 with milliseconds (LoopBack's `created`).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Hashes a password with argon2id (default parameters) on the blocking pool.
+pub async fn hash_password(password: String) -> Result<String, AppError> {
+    tokio::task::spawn_blocking(move || {
+        let mut salt_bytes = [0u8; 16];
+        rand::rng().fill_bytes(&mut salt_bytes);
+        let salt = SaltString::encode_b64(&salt_bytes)?;
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|hash| hash.to_string())
+    })
+    .await
+    .map_err(|err| internal("password hashing task failed", err))?
+    .map_err(|err| internal("password hashing failed", err))
+}
+
+/// Checks a password against an argon2 PHC string on the blocking pool.
+pub async fn verify_password(password: String, phc: String) -> Result<bool, AppError> {
+    tokio::task::spawn_blocking(move || {
+        let Ok(parsed) = PasswordHash::new(&phc) else {
+            return Err("stored password hash does not parse");
+        };
+        Ok(Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
+    })
+    .await
+    .map_err(|err| internal("password check task failed", err))?
+    .map_err(|err| internal("password check failed", err))
+}
+
+fn internal(what: &str, err: impl std::fmt::Display) -> AppError {
+    tracing::error!(%err, "{what}");
+    AppError::new(Code::Internal, "internal error")
+}
+
+/// Why a token was refused (a bounded set: metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No token given, or not a string.
+    Missing,
+    /// Unknown, revoked or expired token.
+    Invalid,
+    /// The token belongs to another user than the one claimed.
+    UserMismatch,
+    /// The token store could not be reached.
+    Unavailable,
+}
+
+impl AuthFailure {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing_token",
+            AuthFailure::Invalid => "invalid_token",
+            AuthFailure::UserMismatch => "user_mismatch",
+            AuthFailure::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Checks tokens against the token store.
+#[derive(Clone)]
+pub struct Authenticator {
+    tokens: Arc<dyn TokenStore>,
+}
+
+impl Authenticator {
+    /// An authenticator over a token store.
+    pub fn new(tokens: Arc<dyn TokenStore>) -> Self {
+        Self { tokens }
+    }
+
+    /// Turns a raw token (and optionally the user it claims to belong to, as in the LoopBack
+    /// `{ id, userId }` form) into a session.
+    pub async fn authenticate(
+        &self,
+        token: Option<&str>,
+        claimed_user: Option<&UserId>,
+    ) -> Result<Session, AuthFailure> {
+        let token = token
+            .filter(|t| !t.is_empty() && t.len() <= 512)
+            .ok_or(AuthFailure::Missing)?;
+        let token_hash = hash_token(token);
+        let record: TokenRecord = match self.tokens.get(&token_hash).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(AuthFailure::Invalid),
+            Err(err) => {
+                tracing::warn!(%err, "token lookup failed");
+                return Err(AuthFailure::Unavailable);
+            }
+        };
+        if claimed_user.is_some_and(|claimed| *claimed != record.user_id) {
+            return Err(AuthFailure::UserMismatch);
+        }
+        Ok(Session {
+            user_id: record.user_id,
+            token_hash,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryTokenStore;
+
+    #[test]
+    fn tokens_are_random_hex_and_hash_is_sha256() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        // sha256("abc")
+        assert_eq!(
+            hash_token("abc").0,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[tokio::test]
+    async fn password_round_trip() {
+        let phc = hash_password("s3cret".into()).await.unwrap();
+        assert!(phc.starts_with("$argon2id$"));
+        assert!(verify_password("s3cret".into(), phc.clone()).await.unwrap());
+        assert!(!verify_password("nope".into(), phc).await.unwrap());
+        assert!(verify_password("x".into(), "garbage".into()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn authenticate_checks_token_and_claimed_user() {
+        let store = Arc::new(MemoryTokenStore::default());
+        let token = new_token();
+        let record = TokenRecord {
+            user_id: UserId::new("5"),
+            ttl: 60,
+            created: now_rfc3339(),
+            scopes: vec![],
+        };
+        store.insert(&hash_token(&token), &record).await.unwrap();
+        let auth = Authenticator::new(store);
+        let session = auth.authenticate(Some(&token), None).await.unwrap();
+        assert_eq!(session.user_id, UserId::new("5"));
+        assert!(
+            auth.authenticate(Some(&token), Some(&UserId::new("5")))
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            auth.authenticate(Some(&token), Some(&UserId::new("6")))
+                .await,
+            Err(AuthFailure::UserMismatch)
+        );
+        assert_eq!(
+            auth.authenticate(Some("nope"), None).await,
+            Err(AuthFailure::Invalid)
+        );
+        assert_eq!(
+            auth.authenticate(None, None).await,
+            Err(AuthFailure::Missing)
+        );
+        assert_eq!(
+            auth.authenticate(Some(""), None).await,
+            Err(AuthFailure::Missing)
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! Errors at the client boundaries. One list of codes serves HTTP responses, Socket.IO acks
+//! and `/ws` replies alike: `{ "error": { "code", "message" } }`. Codes are a bounded set
+//! (they are also metric labels).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::store::StoreError;
+
+/// The error codes fanout answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    /// Malformed request (not JSON, wrong shape).
+    BadRequest,
+    /// Well-formed request whose values are invalid.
+    ValidationFailed,
+    /// Missing, bad or expired credentials.
+    Unauthorized,
+    /// Authenticated, but not allowed.
+    Forbidden,
+    /// No such resource.
+    NotFound,
+    /// The resource exists already.
+    Conflict,
+    /// Body or message larger than the configured maximum.
+    PayloadTooLarge,
+    /// The topic string is not a valid topic.
+    InvalidTopic,
+    /// No method of that name.
+    UnknownMethod,
+    /// A backend (Redis) cannot be reached, or the node is draining.
+    Unavailable,
+    /// A bug or an unexpected backend answer; details are in the logs only.
+    Internal,
+}
+
+impl Code {
+    /// The code as it appears on the wire and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BadRequest => "bad_request",
+            Code::ValidationFailed => "validation_failed",
+            Code::Unauthorized => "unauthorized",
+            Code::Forbidden => "forbidden",
+            Code::NotFound => "not_found",
+            Code::Conflict => "conflict",
+            Code::PayloadTooLarge => "payload_too_large",
+            Code::InvalidTopic => "invalid_topic",
+            Code::UnknownMethod => "unknown_method",
+            Code::Unavailable => "unavailable",
+            Code::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status for this code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::BadRequest => StatusCode::BAD_REQUEST,
+            Code::ValidationFailed | Code::InvalidTopic => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Forbidden => StatusCode::FORBIDDEN,
+            Code::NotFound | Code::UnknownMethod => StatusCode::NOT_FOUND,
+            Code::Conflict => StatusCode::CONFLICT,
+            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error a client sees: a code and a human message. Used for HTTP, acks and `/ws`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppError {
+    /// What kind of error.
+    pub code: Code,
+    /// A message for humans; never contains internals.
+    pub message: String,
+}
+
+impl AppError {
+    /// An error with a code and a message.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    /// `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(Code::BadRequest, message)
+    }
+    /// `validation_failed`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(Code::ValidationFailed, message)
+    }
+    /// `unauthorized`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(Code::Unauthorized, message)
+    }
+    /// `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(Code::Forbidden, message)
+    }
+    /// `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(Code::NotFound, message)
+    }
+
+    /// The `{ "error": { "code", "message" } }` body.
+    pub fn body(&self) -> Value {
+        json!({ "error": { "code": self.code.as_str(), "message": self.message } })
+    }
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for AppError {}
+
+impl From<StoreError> for AppError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(what) => AppError::new(Code::Conflict, what),
+            StoreError::NotFound => AppError::not_found("not found"),
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(%cause, "store unavailable");
+                AppError::new(Code::Unavailable, "storage backend unavailable")
+            }
+            StoreError::Corrupt(cause) => {
+                tracing::error!(%cause, "corrupt record in store");
+                AppError::new(Code::Internal, "internal error")
+            }
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        (self.code.status(), axum::Json(self.body())).into_response()
+    }
+}

@@ -1,0 +1,110 @@
+//! Extractors that answer in fanout's error shape: [`AppJson`] (JSON bodies; malformed,
+//! oversized or wrongly typed ones become `{ error }` with 400/413/415/422) and [`Authed`]
+//! (a valid access token from `Authorization: <token>`, `Authorization: Bearer <token>` or
+//! `?access_token=`, as LoopBack accepts).
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::auth::Session;
+use crate::error::{AppError, Code};
+use crate::state::AppState;
+
+/// A JSON body whose rejection is an [`AppError`].
+pub struct AppJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(AppJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> AppError {
+    let code = match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => Code::PayloadTooLarge,
+        StatusCode::UNPROCESSABLE_ENTITY => Code::ValidationFailed,
+        _ => Code::BadRequest,
+    };
+    AppError::new(code, rejection.body_text())
+}
+
+/// The caller's session, from a valid access token.
+pub struct Authed(pub Session, pub String);
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let token = token_from_parts(parts)
+            .ok_or_else(|| AppError::unauthorized("an access token is required"))?;
+        match state.auth.authenticate(Some(&token), None).await {
+            Ok(session) => Ok(Authed(session, token)),
+            Err(failure) => {
+                state.metrics.auth_failed(failure.as_str());
+                Err(match failure {
+                    crate::auth::AuthFailure::Unavailable => {
+                        AppError::new(Code::Unavailable, "authentication backend unavailable")
+                    }
+                    _ => AppError::unauthorized("invalid or expired access token"),
+                })
+            }
+        }
+    }
+}
+
+/// Reads the token from `Authorization` (raw or `Bearer`) or the `access_token` query.
+fn token_from_parts(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        let mut words = value.to_str().ok()?.split_whitespace();
+        let first = words.next().unwrap_or("");
+        let token = if first.eq_ignore_ascii_case("bearer") {
+            words.next().unwrap_or("")
+        } else {
+            first
+        };
+        return (!token.is_empty()).then(|| token.to_string());
+    }
+    parts.uri.query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == "access_token" && !value.is_empty()).then(|| value.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(auth: Option<&str>, uri: &str) -> Parts {
+        let mut builder = axum::http::Request::builder().uri(uri);
+        if let Some(auth) = auth {
+            builder = builder.header("authorization", auth);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn token_sources() {
+        assert_eq!(
+            token_from_parts(&parts(Some("abc"), "/")).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            token_from_parts(&parts(Some("Bearer abc"), "/")).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            token_from_parts(&parts(None, "/x?a=1&access_token=t")).as_deref(),
+            Some("t")
+        );
+        assert_eq!(token_from_parts(&parts(Some("Bearer "), "/")), None);
+        assert_eq!(token_from_parts(&parts(None, "/x")), None);
+    }
+}

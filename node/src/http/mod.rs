@@ -1,0 +1,128 @@
+//! The HTTP side: every route in one place ([`router`]), JSON errors for unknown routes and
+//! methods, body size limit, CORS, request metrics, and the drain guard that refuses new
+//! Socket.IO sessions and WebSocket upgrades while the node drains.
+
+pub mod extract;
+pub mod models;
+pub mod ops;
+pub mod publish;
+pub mod users;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::error::{AppError, Code};
+use crate::state::AppState;
+
+/// The REST API and operations routes (the Socket.IO layer is added by the caller).
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/users", post(users::users_create))
+        .route("/api/users/login", post(users::users_login))
+        .route("/api/users/logout", post(users::users_logout))
+        .route(
+            "/api/models/{model}",
+            get(models::models_list).post(models::models_create),
+        )
+        .route(
+            "/api/models/{model}/{id}",
+            get(models::models_get)
+                .put(models::models_replace)
+                .patch(models::models_patch)
+                .delete(models::models_delete),
+        )
+        .route("/api/publish", post(publish::publish_post))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.cfg.max_payload))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ));
+    api.with_state(state)
+}
+
+/// Layers that wrap the Socket.IO service too: CORS and the drain guard.
+pub fn outer_layers(router: Router, state: &AppState) -> Router {
+    router
+        .layer(middleware::from_fn_with_state(state.clone(), drain_guard))
+        .layer(cors(&state.cfg.cors_origins))
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+        ]);
+    if origins.iter().any(|o| o == "*") {
+        return layer.allow_origin(Any);
+    }
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+        .collect();
+    layer
+        .allow_origin(AllowOrigin::list(list))
+        .allow_credentials(true)
+}
+
+async fn not_found() -> AppError {
+    AppError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> Response {
+    let err = AppError::new(Code::BadRequest, "method not allowed on this route");
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(err.body())).into_response()
+}
+
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(req).await;
+    state
+        .metrics
+        .http_request(&route, response.status().as_u16());
+    response
+}
+
+/// While draining: new Socket.IO sessions (no `sid`) and `/ws` upgrades get 503, so load
+/// balancers and clients go to another node; existing sessions keep working until closed.
+async fn drain_guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.readiness.is_draining() && is_new_session(&req) {
+        return AppError::new(Code::Unavailable, "node is draining").into_response();
+    }
+    next.run(req).await
+}
+
+fn is_new_session(req: &Request) -> bool {
+    let path = req.uri().path();
+    if path == "/ws" {
+        return true;
+    }
+    path.starts_with("/socket.io")
+        && !req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .any(|pair| pair.starts_with("sid="))
+}

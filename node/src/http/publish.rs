@@ -1,0 +1,26 @@
+//! `POST /api/publish { topic, data }` → 202: the same publish path as a client's `publish`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+
+use super::extract::{AppJson, Authed};
+use crate::client::publish_request;
+use crate::delivery;
+use crate::error::AppError;
+use crate::metrics::PublishSource;
+use crate::state::AppState;
+use crate::topics::authorize_publish;
+
+/// Publishes to a topic on behalf of the token's user (model topics: 403).
+pub async fn publish_post(
+    State(state): State<AppState>,
+    Authed(session, _): Authed,
+    AppJson(body): AppJson<Value>,
+) -> Result<impl IntoResponse, AppError> {
+    let (topic, data) = publish_request(&body)?;
+    authorize_publish(&session, &topic)?;
+    delivery::publish(&state, &topic, data, PublishSource::Rest).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "ok": true }))))
+}

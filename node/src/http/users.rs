@@ -1,0 +1,185 @@
+//! `POST /api/users`, `POST /api/users/login`, `POST /api/users/logout` (LoopBack shapes).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{AppJson, Authed};
+use crate::auth::{hash_password, hash_token, new_token, now_rfc3339, verify_password};
+use crate::error::AppError;
+use crate::events::publish_revocation;
+use crate::state::AppState;
+use crate::store::{NewUser, TokenRecord, User};
+
+/// `POST /api/users` body.
+#[derive(Deserialize)]
+pub struct CreateUser {
+    username: String,
+    email: String,
+    password: String,
+}
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 6;
+
+fn validate_username(username: &str) -> Result<(), AppError> {
+    let len = username.chars().count();
+    if !(1..=64).contains(&len)
+        || username
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(AppError::invalid("username: 1 to 64 characters, no spaces"));
+    }
+    Ok(())
+}
+
+/// A pragmatic e-mail check: one `@`, a non-empty local part, a dotted domain, ≤ 254 bytes.
+pub fn validate_email(email: &str) -> Result<(), AppError> {
+    let ok = email.len() <= 254
+        && !email.chars().any(|c| c.is_control() || c.is_whitespace())
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(AppError::invalid("email is not a valid e-mail address"))
+    }
+}
+
+/// Creates a user → 201 `{ id, username, email }`.
+pub async fn users_create(
+    State(state): State<AppState>,
+    AppJson(body): AppJson<CreateUser>,
+) -> Result<impl IntoResponse, AppError> {
+    validate_username(&body.username)?;
+    let email = body.email.trim().to_lowercase();
+    validate_email(&email)?;
+    let len = body.password.chars().count();
+    if !(MIN_PASSWORD_LEN..=1024).contains(&len) {
+        return Err(AppError::invalid(format!(
+            "password: {MIN_PASSWORD_LEN} to 1024 characters"
+        )));
+    }
+    let password_hash = hash_password(body.password).await?;
+    let user = state
+        .stores
+        .users
+        .create(NewUser {
+            username: body.username,
+            email,
+            password_hash,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(public_user(&user))))
+}
+
+fn public_user(user: &User) -> Value {
+    json!({ "id": user.id, "username": user.username, "email": user.email })
+}
+
+/// `POST /api/users/login` body.
+#[derive(Deserialize)]
+pub struct Login {
+    username: Option<String>,
+    email: Option<String>,
+    password: String,
+    ttl: Option<Value>,
+}
+
+/// Logs in → 200 `{ id: <token>, ttl, created, userId }`.
+pub async fn users_login(
+    State(state): State<AppState>,
+    AppJson(body): AppJson<Login>,
+) -> Result<impl IntoResponse, AppError> {
+    let ttl = match &body.ttl {
+        None | Some(Value::Null) => state.cfg.token_ttl,
+        Some(v) => v
+            .as_u64()
+            .filter(|ttl| *ttl > 0)
+            .ok_or_else(|| AppError::invalid("ttl must be a positive number of seconds"))?
+            .min(state.cfg.token_max_ttl),
+    };
+    let user = match (&body.username, &body.email) {
+        (Some(username), _) => state.stores.users.find_by_username(username).await?,
+        (None, Some(email)) => {
+            state
+                .stores
+                .users
+                .find_by_email(&email.trim().to_lowercase())
+                .await?
+        }
+        (None, None) => return Err(AppError::invalid("username or email is required")),
+    };
+    let login_failed = || AppError::unauthorized("login failed");
+    let Some(user) = user else {
+        state.metrics.auth_failed("login_failed");
+        return Err(login_failed());
+    };
+    if body.password.len() > 4096
+        || !verify_password(body.password, user.password_hash.clone()).await?
+    {
+        state.metrics.auth_failed("login_failed");
+        return Err(login_failed());
+    }
+    let token = new_token();
+    let record = TokenRecord {
+        user_id: user.id,
+        ttl,
+        created: now_rfc3339(),
+        scopes: Vec::new(),
+    };
+    state
+        .stores
+        .tokens
+        .insert(&hash_token(&token), &record)
+        .await?;
+    Ok(axum::Json(json!({
+        "id": token,
+        "ttl": record.ttl,
+        "created": record.created,
+        "userId": record.user_id,
+    })))
+}
+
+/// Logs out → 204; the token dies and its sockets are disconnected on every node.
+pub async fn users_logout(
+    State(state): State<AppState>,
+    Authed(session, _token): Authed,
+) -> Result<impl IntoResponse, AppError> {
+    state.stores.tokens.revoke(&session.token_hash).await?;
+    publish_revocation(&state, &session.token_hash).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_validation() {
+        for ok in ["a@b.io", "first.last+tag@sub.example.com"] {
+            assert!(validate_email(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "a", "a@b", "@b.io", "a@@b.io", "a b@c.io", "a@.io", "a@b.", "a@b@c.io",
+        ] {
+            assert!(validate_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn username_validation() {
+        assert!(validate_username("alice").is_ok());
+        assert!(validate_username("").is_err());
+        assert!(validate_username("a b").is_err());
+        assert!(validate_username(&"x".repeat(65)).is_err());
+    }
+}

@@ -1,0 +1,202 @@
+//! fanout-node: a Socket.IO / WebSocket pub/sub node with REST API, auth, topics and metrics.
+//!
+//! # Layout
+//! - [`config`]: flags and `FANOUT_*` variables.
+//! - [`state`]: [`state::AppState`], shared by every handler.
+//! - [`error`]: error codes and the `{ error: { code, message } }` shape.
+//! - [`auth`]: tokens, password hashes, sessions.
+//! - [`store`]: store traits and their in-memory implementations; Redis keys.
+//! - [`topics`]: topic validation and access rules.
+//! - [`client`]: the transport-neutral client protocol (subscribe, publish, methods).
+//! - [`delivery`]: publishing to topics and delivering to local subscribers.
+//! - [`events`]: the events and revocations channels.
+//! - [`bus`]: cross-node channels (loopback when embedded).
+//! - [`methods`]: the RPC method registry and built-ins.
+//! - [`connections`]: local connections by token (logout).
+//! - [`pubsub`]: Socket.IO namespace `/`.
+//! - [`http`]: REST API and operations routes.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`shutdown`]: signals, connection tracking, graceful drain.
+//!
+//! [`run`] starts a node on a listener and returns after a graceful shutdown.
+
+pub mod auth;
+pub mod bus;
+pub mod client;
+pub mod config;
+pub mod connections;
+pub mod delivery;
+pub mod error;
+pub mod events;
+pub mod http;
+pub mod methods;
+pub mod metrics;
+pub mod pubsub;
+pub mod shutdown;
+pub mod state;
+pub mod store;
+pub mod topics;
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socketioxide::SocketIo;
+use socketioxide::handler::ConnectHandler;
+use tokio::net::TcpListener;
+
+use crate::bus::{Bus, LocalBus};
+use crate::config::Config;
+use crate::methods::MethodRegistry;
+use crate::metrics::Metrics;
+use crate::shutdown::{ConnTracker, TrackedListener};
+use crate::state::{AppState, Readiness, StateParts, Stores};
+use crate::store::keys;
+use crate::store::memory::{
+    MemoryModelStore, MemoryPresenceStore, MemoryTokenStore, MemoryUserStore,
+};
+
+/// A node that failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A backend could not be set up.
+    #[error("backend: {0}")]
+    Backend(String),
+    /// The HTTP server failed.
+    #[error("server: {0}")]
+    Server(#[from] std::io::Error),
+}
+
+/// A built node: its router and state, ready to serve.
+pub struct Node {
+    /// Shared state.
+    pub state: AppState,
+    /// The whole HTTP application (REST + Socket.IO).
+    pub router: axum::Router,
+}
+
+/// Builds a node from its configuration and method registry (no listener yet).
+pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartError> {
+    cfg.validate()?;
+    let node_id = cfg.resolved_node_id();
+    let metrics = Metrics::new(&node_id);
+    if cfg.redis_url.is_some() {
+        return Err(StartError::Backend(
+            "cluster mode (FANOUT_REDIS_URL) is not available in this build yet".into(),
+        ));
+    }
+    let stores = Stores {
+        tokens: Arc::new(MemoryTokenStore::default()),
+        users: Arc::new(MemoryUserStore::default()),
+        models: Arc::new(MemoryModelStore::default()),
+        presence: Arc::new(MemoryPresenceStore::default()),
+    };
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+    let state = AppState::new(StateParts {
+        cfg: cfg.clone(),
+        node_id,
+        stores,
+        bus,
+        metrics,
+        methods,
+        readiness: Readiness::new(|| true),
+    });
+
+    let (sio_layer, io) = SocketIo::builder()
+        .ping_interval(Duration::from_millis(cfg.ping_interval_ms))
+        .ping_timeout(Duration::from_millis(cfg.ping_timeout_ms))
+        .max_payload(cfg.max_payload as u64)
+        .ws_max_message_size(cfg.max_payload)
+        .ws_max_frame_size(cfg.max_payload)
+        .with_state(state.clone())
+        .build_layer();
+    state.set_io(io.clone());
+    io.ns(
+        pubsub::NAMESPACE,
+        pubsub::on_connect.with(pubsub::on_connect_middleware),
+    );
+
+    let events = state
+        .bus
+        .subscribe(&keys::events_channel(&cfg.prefix))
+        .await?;
+    tokio::spawn(events::run_events_listener(state.clone(), events));
+    let revocations = state
+        .bus
+        .subscribe(&keys::revocations_channel(&cfg.prefix))
+        .await?;
+    tokio::spawn(events::run_revocations_listener(state.clone(), revocations));
+
+    let router = http::router(state.clone()).layer(sio_layer);
+    let router = http::outer_layers(router, &state);
+    Ok(Node { state, router })
+}
+
+impl From<error::AppError> for StartError {
+    fn from(err: error::AppError) -> Self {
+        StartError::Backend(err.to_string())
+    }
+}
+
+/// Serves `node` on `listener` until `shutdown` resolves, then drains: `/readyz` turns 503,
+/// new sessions are refused, connections are closed in batches, and the function returns.
+pub async fn serve(
+    node: Node,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let Node { state, router } = node;
+    let cfg = &state.cfg;
+    let tracker = Arc::new(ConnTracker::default());
+    let listener = TrackedListener::new(
+        listener,
+        tracker.clone(),
+        state.metrics.clone(),
+        cfg.max_connections,
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        stop_rx.await.ok();
+    });
+    let mut server = tokio::spawn(server.into_future());
+
+    tokio::select! {
+        _ = shutdown => {}
+        result = &mut server => {
+            return match result {
+                Ok(result) => result.map_err(StartError::from),
+                Err(err) => Err(StartError::Backend(format!("server task: {err}"))),
+            };
+        }
+    }
+
+    tracing::info!(node = %state.node_id, connections = tracker.len(), "draining");
+    state.readiness.start_draining();
+    let drain = async {
+        let closed = tracker
+            .drain(
+                cfg.drain_batch,
+                Duration::from_millis(cfg.drain_interval_ms),
+            )
+            .await;
+        tracing::info!(closed, "drain: all connections closed");
+        state.io().close().await;
+    };
+    if tokio::time::timeout(Duration::from_millis(cfg.drain_timeout_ms), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout reached; exiting with connections still open");
+    }
+    stop_tx.send(()).ok();
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(err)) => return Err(StartError::Backend(format!("server task: {err}"))),
+        Err(_) => tracing::warn!("HTTP server did not stop within 5 s"),
+    }
+    tracing::info!(node = %state.node_id, "stopped");
+    Ok(())
+}

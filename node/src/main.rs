@@ -1,0 +1,82 @@
+//! The `fanout-node` binary: parse configuration, set up logging, run until SIGTERM/SIGINT.
+
+use clap::Parser;
+use fanout_node::config::{Config, LogFormat};
+use fanout_node::methods::MethodRegistry;
+use tracing_subscriber::EnvFilter;
+
+fn init_tracing(cfg: &Config) {
+    let filter = EnvFilter::try_new(&cfg.log).unwrap_or_else(|err| {
+        eprintln!("invalid FANOUT_LOG {:?} ({err}); using \"info\"", cfg.log);
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match cfg.log_format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// A Redis URL with its password replaced, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cfg = Config::parse();
+    init_tracing(&cfg);
+    if let Err(err) = cfg.validate() {
+        tracing::error!("{err}");
+        return std::process::ExitCode::from(2);
+    }
+    tracing::info!(
+        bind = %cfg.bind,
+        redis = cfg.redis_url.as_deref().map(redact).unwrap_or_else(|| "embedded".into()),
+        prefix = %cfg.prefix,
+        adapter_key = %cfg.adapter_key,
+        auth_timeout_ms = cfg.auth_timeout_ms,
+        token_ttl = cfg.token_ttl,
+        token_max_ttl = cfg.token_max_ttl,
+        max_payload = cfg.max_payload,
+        ping_interval_ms = cfg.ping_interval_ms,
+        ping_timeout_ms = cfg.ping_timeout_ms,
+        max_connections = cfg.max_connections,
+        cors = ?cfg.cors_origins,
+        "starting fanout-node"
+    );
+    let listener = match tokio::net::TcpListener::bind(cfg.bind).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(%err, bind = %cfg.bind, "cannot bind");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let node = match fanout_node::build(cfg, MethodRegistry::with_builtins()).await {
+        Ok(node) => node,
+        Err(err) => {
+            tracing::error!(%err, "cannot start");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, node = %node.state.node_id, "listening"),
+        Err(err) => tracing::warn!(%err, "listening (address unknown)"),
+    }
+    match fanout_node::serve(node, listener, fanout_node::shutdown::signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(%err, "server failed");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

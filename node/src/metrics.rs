@@ -1,0 +1,345 @@
+//! Prometheus metrics, all named `fanout_*`, in one registry. Handlers call one method per
+//! event (`socket_connected`, `auth_failed`, …) and never touch a counter directly. Labels
+//! come from bounded sets only: namespace, reason, code, source — never topics or ids.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Where a published topic message came from (metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishSource {
+    /// A Socket.IO client's `publish`.
+    Socket,
+    /// A `/ws` client's `publish`.
+    WebSocket,
+    /// `POST /api/publish`.
+    Rest,
+    /// A model write.
+    Model,
+    /// The Redis events channel (external producers).
+    Events,
+}
+
+impl PublishSource {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublishSource::Socket => "socket",
+            PublishSource::WebSocket => "ws",
+            PublishSource::Rest => "rest",
+            PublishSource::Model => "model",
+            PublishSource::Events => "events",
+        }
+    }
+}
+
+/// All node metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    sockets_connected: IntGaugeVec,
+    connections: IntCounterVec,
+    disconnections: IntCounterVec,
+    auth_failures: IntCounterVec,
+    events_received: IntCounterVec,
+    events_sent: IntCounterVec,
+    topic_published: IntCounterVec,
+    topic_delivered: IntCounter,
+    delivery_latency: Histogram,
+    bad_input: IntCounterVec,
+    redis_command_duration: HistogramVec,
+    redis_errors: IntCounterVec,
+    tcp_connections: IntGauge,
+    tcp_rejected: IntCounter,
+    http_requests: IntCounterVec,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|err| panic!("metric {name} definition: {err}"));
+    register(registry, name, metric)
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    name: &str,
+    metric: M,
+) -> M {
+    // A failure here is a programming error (duplicate name), found by the first test run.
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|err| panic!("metric {name} registration: {err}"));
+    metric
+}
+
+impl Metrics {
+    /// Creates and registers every metric; `node_id` labels `fanout_build_info`.
+    pub fn new(node_id: &str) -> Self {
+        let registry = Registry::new();
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "fanout_build_info",
+                "Build information of this fanout node (always 1)",
+            ),
+            &["version", "node"],
+        )
+        .unwrap_or_else(|err| panic!("metric fanout_build_info: {err}"));
+        let build_info = register(&registry, "fanout_build_info", build_info);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), node_id])
+            .set(1);
+
+        let sockets_connected = IntGaugeVec::new(
+            Opts::new(
+                "fanout_sockets_connected",
+                "Sockets connected now, by namespace",
+            ),
+            &["namespace"],
+        )
+        .unwrap_or_else(|err| panic!("metric fanout_sockets_connected: {err}"));
+        let sockets_connected = register(&registry, "fanout_sockets_connected", sockets_connected);
+
+        let latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "fanout_delivery_latency_seconds",
+                "Fan-out latency: from a publish reaching this node to the emit to its local subscribers",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        )
+        .unwrap_or_else(|err| panic!("metric fanout_delivery_latency_seconds: {err}"));
+        let delivery_latency = register(&registry, "fanout_delivery_latency_seconds", latency);
+
+        let redis_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "fanout_redis_command_duration_seconds",
+                "Latency of Redis commands issued by the stores, by operation",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+            ]),
+            &["op"],
+        )
+        .unwrap_or_else(|err| panic!("metric fanout_redis_command_duration_seconds: {err}"));
+        let redis_command_duration = register(
+            &registry,
+            "fanout_redis_command_duration_seconds",
+            redis_latency,
+        );
+
+        let tcp_connections = IntGauge::new("fanout_tcp_connections", "Open TCP connections")
+            .unwrap_or_else(|err| panic!("metric fanout_tcp_connections: {err}"));
+        let tcp_connections = register(&registry, "fanout_tcp_connections", tcp_connections);
+        let tcp_rejected = IntCounter::new(
+            "fanout_tcp_connections_rejected_total",
+            "TCP connections closed at accept because FANOUT_MAX_CONNECTIONS was reached",
+        )
+        .unwrap_or_else(|err| panic!("metric fanout_tcp_connections_rejected_total: {err}"));
+        let tcp_rejected = register(
+            &registry,
+            "fanout_tcp_connections_rejected_total",
+            tcp_rejected,
+        );
+        let topic_delivered = IntCounter::new(
+            "fanout_topic_messages_delivered_total",
+            "Topic messages handed to local subscribers (one per subscriber connection)",
+        )
+        .unwrap_or_else(|err| panic!("metric fanout_topic_messages_delivered_total: {err}"));
+        let topic_delivered = register(
+            &registry,
+            "fanout_topic_messages_delivered_total",
+            topic_delivered,
+        );
+
+        Self {
+            sockets_connected,
+            connections: counter_vec(
+                &registry,
+                "fanout_connections_total",
+                "Sockets connected, by namespace",
+                &["namespace"],
+            ),
+            disconnections: counter_vec(
+                &registry,
+                "fanout_disconnections_total",
+                "Sockets disconnected, by namespace and reason",
+                &["namespace", "reason"],
+            ),
+            auth_failures: counter_vec(
+                &registry,
+                "fanout_auth_failures_total",
+                "Refused authentications, by reason",
+                &["reason"],
+            ),
+            events_received: counter_vec(
+                &registry,
+                "fanout_events_received_total",
+                "Client events received, by namespace",
+                &["namespace"],
+            ),
+            events_sent: counter_vec(
+                &registry,
+                "fanout_events_sent_total",
+                "Events emitted to clients (one per recipient), by namespace",
+                &["namespace"],
+            ),
+            topic_published: counter_vec(
+                &registry,
+                "fanout_topic_messages_published_total",
+                "Topic messages published through this node, by source",
+                &["source"],
+            ),
+            topic_delivered,
+            delivery_latency,
+            bad_input: counter_vec(
+                &registry,
+                "fanout_bad_input_total",
+                "Rejected client input, by origin and error code",
+                &["origin", "code"],
+            ),
+            redis_command_duration,
+            redis_errors: counter_vec(
+                &registry,
+                "fanout_redis_errors_total",
+                "Failed Redis commands issued by the stores, by operation",
+                &["op"],
+            ),
+            tcp_connections,
+            tcp_rejected,
+            http_requests: counter_vec(
+                &registry,
+                "fanout_http_requests_total",
+                "REST requests, by route template and status class",
+                &["route", "status"],
+            ),
+            registry,
+        }
+    }
+
+    /// The registry, for components that register their own metrics (the adapter).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(%err, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// A socket (or `/ws` connection) connected to `namespace`.
+    pub fn socket_connected(&self, namespace: &str) {
+        self.connections.with_label_values(&[namespace]).inc();
+        self.sockets_connected.with_label_values(&[namespace]).inc();
+    }
+
+    /// A socket left `namespace` for `reason`.
+    pub fn socket_disconnected(&self, namespace: &str, reason: &str) {
+        self.disconnections
+            .with_label_values(&[namespace, reason])
+            .inc();
+        self.sockets_connected.with_label_values(&[namespace]).dec();
+    }
+
+    /// An authentication was refused.
+    pub fn auth_failed(&self, reason: &str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
+    }
+
+    /// A client event arrived.
+    pub fn event_received(&self, namespace: &str) {
+        self.events_received.with_label_values(&[namespace]).inc();
+    }
+
+    /// `count` events were emitted to clients.
+    pub fn events_sent(&self, namespace: &str, count: u64) {
+        self.events_sent
+            .with_label_values(&[namespace])
+            .inc_by(count);
+    }
+
+    /// A topic message was published through this node.
+    pub fn topic_published(&self, source: PublishSource) {
+        self.topic_published
+            .with_label_values(&[source.as_str()])
+            .inc();
+    }
+
+    /// A topic message reached `recipients` local subscribers, `latency` after its publish
+    /// reached this node.
+    pub fn topic_delivered(&self, recipients: u64, latency: Duration) {
+        self.topic_delivered.inc_by(recipients);
+        self.delivery_latency.observe(latency.as_secs_f64());
+    }
+
+    /// Client input was refused (`origin`: socket, ws, http, events).
+    pub fn bad_input(&self, origin: &str, code: &str) {
+        self.bad_input.with_label_values(&[origin, code]).inc();
+    }
+
+    /// A store issued a Redis command.
+    pub fn redis_command(&self, op: &str, took: Duration, ok: bool) {
+        self.redis_command_duration
+            .with_label_values(&[op])
+            .observe(took.as_secs_f64());
+        if !ok {
+            self.redis_errors.with_label_values(&[op]).inc();
+        }
+    }
+
+    /// A TCP connection was accepted (`true`) or closed (`false`).
+    pub fn tcp_connection(&self, opened: bool) {
+        if opened {
+            self.tcp_connections.inc();
+        } else {
+            self.tcp_connections.dec();
+        }
+    }
+
+    /// A TCP connection was refused because of the connection limit.
+    pub fn tcp_rejected(&self) {
+        self.tcp_rejected.inc();
+    }
+
+    /// A REST request finished.
+    pub fn http_request(&self, route: &str, status: u16) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.http_requests.with_label_values(&[route, class]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_fanout_metrics() {
+        let m = Metrics::new("n1");
+        m.socket_connected("/");
+        m.auth_failed("invalid_token");
+        m.topic_delivered(3, Duration::from_millis(2));
+        let text = m.render();
+        assert!(text.contains("fanout_sockets_connected{namespace=\"/\"} 1"));
+        assert!(text.contains("fanout_auth_failures_total{reason=\"invalid_token\"} 1"));
+        assert!(text.contains("fanout_topic_messages_delivered_total 3"));
+        assert!(text.contains("fanout_delivery_latency_seconds_count 1"));
+        assert!(text.contains("fanout_build_info{node=\"n1\""));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("fanout_"), "{line}");
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! In-memory stores for embedded mode. Same semantics as the Redis stores: tokens expire
+//! exactly `ttl` seconds after they are stored; ids come from increasing counters.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::{
+    ConnKey, ModelStore, NewUser, PresenceStore, Record, StoreError, StoreResult, TokenHash,
+    TokenRecord, TokenStore, User, UserId, UserStore, merge_record,
+};
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (the maps stay
+/// consistent: every critical section below is a handful of map operations).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Default)]
+struct TokenMaps {
+    by_hash: HashMap<TokenHash, (TokenRecord, Instant)>,
+    by_user: HashMap<UserId, HashSet<TokenHash>>,
+    inserts_since_sweep: usize,
+}
+
+impl TokenMaps {
+    fn remove(&mut self, hash: &TokenHash) -> Option<(TokenRecord, Instant)> {
+        let entry = self.by_hash.remove(hash)?;
+        if let Some(set) = self.by_user.get_mut(&entry.0.user_id) {
+            set.remove(hash);
+            if set.is_empty() {
+                self.by_user.remove(&entry.0.user_id);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Drops expired tokens so memory does not grow with dead logins.
+    fn sweep(&mut self, now: Instant) {
+        let dead: Vec<TokenHash> = self
+            .by_hash
+            .iter()
+            .filter(|(_, (_, expires))| *expires <= now)
+            .map(|(hash, _)| hash.clone())
+            .collect();
+        for hash in dead {
+            self.remove(&hash);
+        }
+        self.inserts_since_sweep = 0;
+    }
+}
+
+/// Access tokens in memory.
+#[derive(Default)]
+pub struct MemoryTokenStore {
+    maps: Mutex<TokenMaps>,
+}
+
+#[async_trait]
+impl TokenStore for MemoryTokenStore {
+    async fn insert(&self, hash: &TokenHash, record: &TokenRecord) -> StoreResult<()> {
+        let now = Instant::now();
+        let mut maps = lock(&self.maps);
+        maps.inserts_since_sweep += 1;
+        if maps.inserts_since_sweep >= 1024 {
+            maps.sweep(now);
+        }
+        let expires = now + Duration::from_secs(record.ttl);
+        maps.by_hash.insert(hash.clone(), (record.clone(), expires));
+        maps.by_user
+            .entry(record.user_id.clone())
+            .or_default()
+            .insert(hash.clone());
+        Ok(())
+    }
+
+    async fn get(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
+        let now = Instant::now();
+        let mut maps = lock(&self.maps);
+        match maps.by_hash.get(hash) {
+            Some((record, expires)) if *expires > now => Ok(Some(record.clone())),
+            Some(_) => {
+                maps.remove(hash);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn revoke(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
+        let now = Instant::now();
+        let removed = lock(&self.maps).remove(hash);
+        Ok(removed
+            .filter(|(_, expires)| *expires > now)
+            .map(|(record, _)| record))
+    }
+
+    async fn user_tokens(&self, user: &UserId) -> StoreResult<Vec<TokenHash>> {
+        let now = Instant::now();
+        let maps = lock(&self.maps);
+        let Some(set) = maps.by_user.get(user) else {
+            return Ok(Vec::new());
+        };
+        Ok(set
+            .iter()
+            .filter(|hash| maps.by_hash.get(*hash).is_some_and(|(_, exp)| *exp > now))
+            .cloned()
+            .collect())
+    }
+}
+
+#[derive(Default)]
+struct UserMaps {
+    next_id: u64,
+    by_id: HashMap<UserId, User>,
+    by_username: HashMap<String, UserId>,
+    by_email: HashMap<String, UserId>,
+}
+
+/// Users in memory.
+#[derive(Default)]
+pub struct MemoryUserStore {
+    maps: Mutex<UserMaps>,
+}
+
+#[async_trait]
+impl UserStore for MemoryUserStore {
+    async fn create(&self, new: NewUser) -> StoreResult<User> {
+        let mut maps = lock(&self.maps);
+        if maps.by_username.contains_key(&new.username) {
+            return Err(StoreError::Conflict("username is taken".into()));
+        }
+        if maps.by_email.contains_key(&new.email) {
+            return Err(StoreError::Conflict("email is taken".into()));
+        }
+        maps.next_id += 1;
+        let user = User {
+            id: UserId::new(maps.next_id.to_string()),
+            username: new.username,
+            email: new.email,
+            password_hash: new.password_hash,
+        };
+        maps.by_username
+            .insert(user.username.clone(), user.id.clone());
+        maps.by_email.insert(user.email.clone(), user.id.clone());
+        maps.by_id.insert(user.id.clone(), user.clone());
+        Ok(user)
+    }
+
+    async fn get(&self, id: &UserId) -> StoreResult<Option<User>> {
+        Ok(lock(&self.maps).by_id.get(id).cloned())
+    }
+
+    async fn find_by_username(&self, username: &str) -> StoreResult<Option<User>> {
+        let maps = lock(&self.maps);
+        Ok(maps
+            .by_username
+            .get(username)
+            .and_then(|id| maps.by_id.get(id))
+            .cloned())
+    }
+
+    async fn find_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        let maps = lock(&self.maps);
+        Ok(maps
+            .by_email
+            .get(email)
+            .and_then(|id| maps.by_id.get(id))
+            .cloned())
+    }
+}
+
+#[derive(Default)]
+struct Model {
+    next_id: u64,
+    records: BTreeMap<u64, Record>,
+}
+
+/// Model records in memory.
+#[derive(Default)]
+pub struct MemoryModelStore {
+    models: Mutex<HashMap<String, Model>>,
+}
+
+#[async_trait]
+impl ModelStore for MemoryModelStore {
+    async fn create(&self, model: &str, mut data: Record) -> StoreResult<Record> {
+        let mut models = lock(&self.models);
+        let entry = models.entry(model.to_string()).or_default();
+        entry.next_id += 1;
+        let id = entry.next_id;
+        data.insert("id".into(), id.into());
+        entry.records.insert(id, data.clone());
+        Ok(data)
+    }
+
+    async fn list(&self, model: &str, limit: usize) -> StoreResult<Vec<Record>> {
+        let models = lock(&self.models);
+        Ok(models
+            .get(model)
+            .map(|m| m.records.values().take(limit).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn get(&self, model: &str, id: u64) -> StoreResult<Option<Record>> {
+        let models = lock(&self.models);
+        Ok(models.get(model).and_then(|m| m.records.get(&id)).cloned())
+    }
+
+    async fn replace(&self, model: &str, id: u64, mut data: Record) -> StoreResult<Record> {
+        let mut models = lock(&self.models);
+        let record = models
+            .get_mut(model)
+            .and_then(|m| m.records.get_mut(&id))
+            .ok_or(StoreError::NotFound)?;
+        data.insert("id".into(), id.into());
+        *record = data.clone();
+        Ok(data)
+    }
+
+    async fn patch(&self, model: &str, id: u64, data: Record) -> StoreResult<Record> {
+        let mut models = lock(&self.models);
+        let record = models
+            .get_mut(model)
+            .and_then(|m| m.records.get_mut(&id))
+            .ok_or(StoreError::NotFound)?;
+        merge_record(record, data);
+        Ok(record.clone())
+    }
+
+    async fn delete(&self, model: &str, id: u64) -> StoreResult<Record> {
+        let mut models = lock(&self.models);
+        models
+            .get_mut(model)
+            .and_then(|m| m.records.remove(&id))
+            .ok_or(StoreError::NotFound)
+    }
+}
+
+/// Topic presence in memory: topic → connection → user.
+#[derive(Default)]
+pub struct MemoryPresenceStore {
+    topics: Mutex<HashMap<String, HashMap<ConnKey, UserId>>>,
+}
+
+#[async_trait]
+impl PresenceStore for MemoryPresenceStore {
+    async fn join(&self, topic: &str, conn: &ConnKey, user: &UserId) -> StoreResult<()> {
+        lock(&self.topics)
+            .entry(topic.to_string())
+            .or_default()
+            .insert(conn.clone(), user.clone());
+        Ok(())
+    }
+
+    async fn leave(&self, topic: &str, conn: &ConnKey) -> StoreResult<()> {
+        let mut topics = lock(&self.topics);
+        if let Some(members) = topics.get_mut(topic) {
+            members.remove(conn);
+            if members.is_empty() {
+                topics.remove(topic);
+            }
+        }
+        Ok(())
+    }
+
+    async fn members(&self, topic: &str) -> StoreResult<Vec<UserId>> {
+        let topics = lock(&self.topics);
+        let users: BTreeSet<UserId> = topics
+            .get(topic)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        Ok(users.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(user: &str, ttl: u64) -> TokenRecord {
+        TokenRecord {
+            user_id: UserId::new(user),
+            ttl,
+            created: "2026-01-01T00:00:00Z".into(),
+            scopes: vec![],
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_expires_exactly_at_ttl() {
+        let store = MemoryTokenStore::default();
+        let hash = TokenHash("h1".into());
+        store.insert(&hash, &record("1", 10)).await.unwrap();
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert!(store.get(&hash).await.unwrap().is_some());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(store.get(&hash).await.unwrap().is_none());
+        assert!(
+            store
+                .user_tokens(&UserId::new("1"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn revoke_removes_token_and_index() {
+        let store = MemoryTokenStore::default();
+        let (a, b) = (TokenHash("a".into()), TokenHash("b".into()));
+        store.insert(&a, &record("7", 100)).await.unwrap();
+        store.insert(&b, &record("7", 100)).await.unwrap();
+        assert_eq!(store.user_tokens(&UserId::new("7")).await.unwrap().len(), 2);
+        assert!(store.revoke(&a).await.unwrap().is_some());
+        assert!(store.revoke(&a).await.unwrap().is_none());
+        assert_eq!(store.user_tokens(&UserId::new("7")).await.unwrap(), vec![b]);
+    }
+
+    #[tokio::test]
+    async fn users_are_unique_by_name_and_email() {
+        let store = MemoryUserStore::default();
+        let new = |u: &str, e: &str| NewUser {
+            username: u.into(),
+            email: e.into(),
+            password_hash: "x".into(),
+        };
+        let alice = store.create(new("alice", "a@x.io")).await.unwrap();
+        assert_eq!(alice.id.to_json(), serde_json::json!(1));
+        assert!(matches!(
+            store.create(new("alice", "b@x.io")).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.create(new("bob", "a@x.io")).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let bob = store.create(new("bob", "b@x.io")).await.unwrap();
+        assert_eq!(bob.id.as_str(), "2");
+        assert_eq!(store.find_by_email("b@x.io").await.unwrap(), Some(bob));
+    }
+
+    #[tokio::test]
+    async fn model_crud_with_increasing_ids() {
+        let store = MemoryModelStore::default();
+        let mut data = Record::new();
+        data.insert("item".into(), "tea".into());
+        data.insert("id".into(), 99.into());
+        let first = store.create("Order", data.clone()).await.unwrap();
+        let second = store.create("Order", data).await.unwrap();
+        assert_eq!(first["id"], 1);
+        assert_eq!(second["id"], 2);
+        let mut patch = Record::new();
+        patch.insert("qty".into(), 3.into());
+        patch.insert("id".into(), 5.into());
+        let patched = store.patch("Order", 1, patch).await.unwrap();
+        assert_eq!(patched["id"], 1);
+        assert_eq!(patched["qty"], 3);
+        assert_eq!(patched["item"], "tea");
+        let replaced = store.replace("Order", 1, Record::new()).await.unwrap();
+        assert_eq!(replaced.len(), 1);
+        assert!(matches!(
+            store.replace("Order", 9, Record::new()).await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(store.delete("Order", 2).await.unwrap()["id"], 2);
+        assert_eq!(store.list("Order", 10).await.unwrap().len(), 1);
+        assert!(store.list("Other", 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn presence_lists_distinct_users() {
+        let store = MemoryPresenceStore::default();
+        let (c1, c2, c3) = (
+            ConnKey("c1".into()),
+            ConnKey("c2".into()),
+            ConnKey("c3".into()),
+        );
+        store.join("t", &c1, &UserId::new("2")).await.unwrap();
+        store.join("t", &c2, &UserId::new("2")).await.unwrap();
+        store.join("t", &c3, &UserId::new("1")).await.unwrap();
+        assert_eq!(
+            store.members("t").await.unwrap(),
+            vec![UserId::new("1"), UserId::new("2")]
+        );
+        store.leave("t", &c3).await.unwrap();
+        assert_eq!(store.members("t").await.unwrap(), vec![UserId::new("2")]);
+    }
+}
