@@ -1,0 +1,2 @@
+//! fanout-loadtest (work in progress).
+fn main() {}
