@@ -23,7 +23,34 @@ pub trait Bus: Send + Sync {
     async fn subscribe(&self, channel: &str) -> Result<mpsc::Receiver<Bytes>, AppError>;
 }
 
-/// The embedded bus: in-process loopback.
+/// The adapter's plain channels: Redis pub/sub in cluster mode (the adapter's connections,
+/// resubscribed after a reconnect), an in-process loopback in embedded mode.
+pub struct AdapterBus(pub fanout_adapter::FanoutAdapterCtr);
+
+#[async_trait]
+impl Bus for AdapterBus {
+    async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<(), AppError> {
+        self.0
+            .publish_channel(channel.to_string(), payload)
+            .await
+            .map_err(|err| {
+                tracing::warn!(%err, channel, "bus publish failed");
+                AppError::new(Code::Unavailable, "message bus unavailable")
+            })
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<mpsc::Receiver<Bytes>, AppError> {
+        self.0
+            .subscribe_channel(channel.to_string())
+            .await
+            .map_err(|err| {
+                tracing::warn!(%err, channel, "bus subscribe failed");
+                AppError::new(Code::Unavailable, "message bus unavailable")
+            })
+    }
+}
+
+/// An in-process loopback bus (tests and tools; the node uses [`AdapterBus`] in both modes).
 #[derive(Default)]
 pub struct LocalBus {
     subscribers: Mutex<HashMap<String, Vec<mpsc::Sender<Bytes>>>>,

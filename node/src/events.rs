@@ -109,7 +109,9 @@ pub async fn run_revocations_listener(state: AppState, mut rx: mpsc::Receiver<By
                 continue;
             }
         };
-        let kicked = state.connections.kick(&TokenHash(hash.to_string()));
+        let hash = TokenHash(hash.to_string());
+        state.stores.tokens.invalidate(&hash);
+        let kicked = state.connections.kick(&hash);
         if kicked > 0 {
             tracing::info!(kicked, "disconnected connections of a revoked token");
         }

@@ -45,15 +45,21 @@ use socketioxide::SocketIo;
 use socketioxide::handler::ConnectHandler;
 use tokio::net::TcpListener;
 
-use crate::bus::{Bus, LocalBus};
+use fanout_adapter::{FanoutAdapterCtr, RedisAdapterConfig};
+
+use crate::bus::{AdapterBus, Bus};
 use crate::config::Config;
 use crate::methods::MethodRegistry;
 use crate::metrics::Metrics;
 use crate::shutdown::{ConnTracker, TrackedListener};
 use crate::state::{AppState, Readiness, StateParts, Stores};
+use crate::store::cache::CachedTokenStore;
 use crate::store::keys;
 use crate::store::memory::{
     MemoryModelStore, MemoryPresenceStore, MemoryTokenStore, MemoryUserStore,
+};
+use crate::store::redis::{
+    RedisBackend, RedisModelStore, RedisPresenceStore, RedisTokenStore, RedisUserStore,
 };
 
 /// A node that failed to start.
@@ -83,18 +89,36 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
     cfg.validate()?;
     let node_id = cfg.resolved_node_id();
     let metrics = Metrics::new(&node_id);
-    if cfg.redis_url.is_some() {
-        return Err(StartError::Backend(
-            "cluster mode (FANOUT_REDIS_URL) is not available in this build yet".into(),
-        ));
-    }
-    let stores = Stores {
-        tokens: Arc::new(MemoryTokenStore::default()),
-        users: Arc::new(MemoryUserStore::default()),
-        models: Arc::new(MemoryModelStore::default()),
-        presence: Arc::new(MemoryPresenceStore::default()),
+    let adapter = connect_adapter(&cfg, &metrics).await;
+    let stores = match &cfg.redis_url {
+        None => Stores {
+            tokens: Arc::new(MemoryTokenStore::default()),
+            users: Arc::new(MemoryUserStore::default()),
+            models: Arc::new(MemoryModelStore::default()),
+            presence: Arc::new(MemoryPresenceStore::default()),
+        },
+        Some(url) => {
+            let backend = RedisBackend::new(url, &cfg.prefix, metrics.clone())
+                .map_err(|err| StartError::Backend(err.to_string()))?;
+            tokio::spawn(RedisPresenceStore::run_heartbeat(
+                backend.clone(),
+                node_id.clone(),
+            ));
+            Stores {
+                tokens: Arc::new(CachedTokenStore::new(Arc::new(RedisTokenStore(
+                    backend.clone(),
+                )))),
+                users: Arc::new(RedisUserStore(backend.clone())),
+                models: Arc::new(RedisModelStore(backend.clone())),
+                presence: Arc::new(RedisPresenceStore(backend)),
+            }
+        }
     };
-    let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+    let bus: Arc<dyn Bus> = Arc::new(AdapterBus(adapter.clone()));
+    let readiness = {
+        let adapter = adapter.clone();
+        Readiness::new(move || adapter.is_ready())
+    };
     let state = AppState::new(StateParts {
         cfg: cfg.clone(),
         node_id,
@@ -102,7 +126,7 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         bus,
         metrics,
         methods,
-        readiness: Readiness::new(|| true),
+        readiness,
     });
 
     let (sio_layer, io) = SocketIo::builder()
@@ -112,12 +136,15 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         .ws_max_message_size(cfg.max_payload)
         .ws_max_frame_size(cfg.max_payload)
         .with_state(state.clone())
+        .with_adapter::<state::NodeAdapter>(adapter.clone())
         .build_layer();
     state.set_io(io.clone());
     io.ns(
         pubsub::NAMESPACE,
         pubsub::on_connect.with(pubsub::on_connect_middleware),
-    );
+    )
+    .await
+    .map_err(|err| StartError::Backend(format!("namespace {}: {err}", pubsub::NAMESPACE)))?;
 
     let events = state
         .bus
@@ -133,6 +160,29 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
     let router = http::router(state.clone()).layer(sio_layer);
     let router = http::outer_layers(router, &state);
     Ok(Node { state, router })
+}
+
+/// The adapter for the configured mode. In cluster mode the first connection to Redis is
+/// retried with backoff (logged) until it succeeds: a node started before its Redis waits for
+/// it instead of exiting; once connected, the adapter reconnects by itself.
+async fn connect_adapter(cfg: &Config, metrics: &Metrics) -> FanoutAdapterCtr {
+    let Some(url) = &cfg.redis_url else {
+        return FanoutAdapterCtr::local();
+    };
+    let config = RedisAdapterConfig::new(url.clone())
+        .with_key(cfg.adapter_key.clone())
+        .with_registry(metrics.registry().clone());
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match FanoutAdapterCtr::redis(config.clone()).await {
+            Ok(ctr) => return ctr,
+            Err(err) => {
+                tracing::warn!(%err, retry_in_ms = delay.as_millis() as u64, "cannot reach Redis");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 impl From<error::AppError> for StartError {

@@ -13,8 +13,10 @@ use crate::methods::MethodRegistry;
 use crate::metrics::Metrics;
 use crate::store::{ModelStore, PresenceStore, TokenStore, UserStore};
 
-/// The socketioxide adapter type of every namespace.
-pub type NodeAdapter = socketioxide::adapter::LocalAdapter;
+/// The socketioxide adapter type of every namespace: one concrete type in both modes
+/// (`FanoutAdapterCtr::local()` embedded, `FanoutAdapterCtr::redis(…)` in a cluster), so
+/// handlers are not generic.
+pub type NodeAdapter = fanout_adapter::FanoutAdapter<socketioxide::adapter::Emitter>;
 
 /// The Socket.IO server handle.
 pub type Io = SocketIo<NodeAdapter>;

@@ -42,6 +42,16 @@ pub fn model_next_id(prefix: &str, model: &str) -> String {
     format!("{prefix}:model-ids:{model}")
 }
 
+/// `<prefix>:presence:<topic>` → hash connection key → user id.
+pub fn presence(prefix: &str, topic: &str) -> String {
+    format!("{prefix}:presence:{topic}")
+}
+
+/// `<prefix>:node:<nodeId>` → heartbeat key (expires when the node stops refreshing it).
+pub fn node_alive(prefix: &str, node_id: &str) -> String {
+    format!("{prefix}:node:{node_id}")
+}
+
 /// `<prefix>:events`: the events channel (topic and model events from any producer).
 pub fn events_channel(prefix: &str) -> String {
     format!("{prefix}:events")

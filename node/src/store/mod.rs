@@ -2,8 +2,10 @@
 //! uses [`memory`]; cluster mode uses Redis with the keys of DESIGN.md. Handlers only see
 //! `Arc<dyn …Store>`, so both modes run the same code.
 
+pub mod cache;
 pub mod keys;
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 
@@ -139,6 +141,8 @@ pub trait TokenStore: Send + Sync {
     async fn revoke(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>>;
     /// Hashes of a user's live tokens.
     async fn user_tokens(&self, user: &UserId) -> StoreResult<Vec<TokenHash>>;
+    /// Forgets any locally cached state of `hash` (another node revoked it).
+    fn invalidate(&self, _hash: &TokenHash) {}
 }
 
 /// Registered users, unique by username and by e-mail.

@@ -1,0 +1,140 @@
+//! [`RedisAdapterConfig`]: everything configurable in cluster mode, with Node-compatible
+//! defaults and `with_*` builders.
+
+use std::time::Duration;
+
+use crate::driver::DriverConfig;
+
+/// Configuration of the Redis (cluster) mode.
+#[derive(Debug, Clone)]
+pub struct RedisAdapterConfig {
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/0`. RESP2 is fine (no `?protocol=resp3` needed).
+    pub url: String,
+    /// Channel prefix (`key` option of `@socket.io/redis-adapter`). Default `socket.io`.
+    pub key: String,
+    /// How long `rooms`/`fetch_sockets` wait for every peer (`requestsTimeout`). Default 5 s.
+    pub request_timeout: Duration,
+    /// Capacity of every inbound queue (per namespace, per plain channel subscription, and
+    /// per pending request). A full queue drops the message and counts it. Default 4096.
+    pub inbound_buffer: usize,
+    /// Registry the `fanout_adapter_*` metrics are registered into (None: a private one).
+    pub registry: Option<prometheus::Registry>,
+    /// Deadline of one Redis command (PUBLISH, NUMSUB, SUBSCRIBE, health-check PING). Default 2 s.
+    pub command_timeout: Duration,
+    /// Deadline of one connection attempt. Default 2 s.
+    pub connect_timeout: Duration,
+    /// First reconnect delay; doubles on every failed attempt. Default 100 ms.
+    pub reconnect_min_delay: Duration,
+    /// Reconnect delay cap. Default 5 s.
+    pub reconnect_max_delay: Duration,
+    /// How often the subscriber connection is PINGed to detect dead peers. Default 5 s.
+    pub health_check_interval: Duration,
+    /// Publish responses on the requester's own response channel
+    /// (`publishOnSpecificResponseChannel`) instead of the shared one. Default false, like Node.
+    pub publish_on_specific_response_channel: bool,
+}
+
+impl Default for RedisAdapterConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            key: "socket.io".into(),
+            request_timeout: Duration::from_millis(5000),
+            inbound_buffer: 4096,
+            registry: None,
+            command_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            reconnect_min_delay: Duration::from_millis(100),
+            reconnect_max_delay: Duration::from_secs(5),
+            health_check_interval: Duration::from_secs(5),
+            publish_on_specific_response_channel: false,
+        }
+    }
+}
+
+impl RedisAdapterConfig {
+    /// Defaults with the given Redis URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Default::default()
+        }
+    }
+    /// Sets the channel prefix.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = key.into();
+        self
+    }
+    /// Sets the request timeout.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+    /// Sets the inbound queue capacity.
+    pub fn with_inbound_buffer(mut self, size: usize) -> Self {
+        self.inbound_buffer = size;
+        self
+    }
+    /// Sets the metrics registry.
+    pub fn with_registry(mut self, registry: prometheus::Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+    /// Sets the Redis command deadline.
+    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+    /// Sets the connection attempt deadline.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+    /// Sets the reconnect backoff bounds.
+    pub fn with_reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min_delay = min;
+        self.reconnect_max_delay = max;
+        self
+    }
+    /// Sets the subscriber health-check interval.
+    pub fn with_health_check_interval(mut self, interval: Duration) -> Self {
+        self.health_check_interval = interval;
+        self
+    }
+    /// Publishes responses on the requester's own response channel.
+    pub fn with_publish_on_specific_response_channel(mut self, on: bool) -> Self {
+        self.publish_on_specific_response_channel = on;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.key.is_empty() {
+            return Err("key must not be empty".into());
+        }
+        if self.inbound_buffer == 0 {
+            return Err("inbound_buffer must be > 0".into());
+        }
+        if self.request_timeout.is_zero() || self.command_timeout.is_zero() {
+            return Err("timeouts must be > 0".into());
+        }
+        if self.reconnect_min_delay.is_zero() || self.reconnect_max_delay < self.reconnect_min_delay
+        {
+            return Err("reconnect delays must satisfy 0 < min <= max".into());
+        }
+        if self.health_check_interval.is_zero() {
+            return Err("health_check_interval must be > 0".into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn driver_config(&self) -> DriverConfig {
+        DriverConfig {
+            url: self.url.clone(),
+            connect_timeout: self.connect_timeout,
+            command_timeout: self.command_timeout,
+            reconnect_min_delay: self.reconnect_min_delay,
+            reconnect_max_delay: self.reconnect_max_delay,
+            health_check_interval: self.health_check_interval,
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! [`FanoutAdapterCtr`]: the adapter state shared by every namespace (socketioxide's
+//! `CoreAdapter::State`), and the facilities the node uses beside the adapter: readiness,
+//! plain pub/sub channels and the remote-broadcast hook.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use socketioxide_core::adapter::BroadcastOptions;
+use socketioxide_core::packet::Packet;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::RedisAdapterConfig;
+use crate::convert::rmpv_to_json;
+use crate::driver::{Driver, LocalBus, RedisDriver, Route, SubKey};
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// Capacity of plain-channel queues and of per-request queues in embedded mode.
+const LOCAL_BUFFER: usize = 4096;
+
+/// A broadcast that came from another node (Rust, Node.js or an emitter) and was just
+/// applied to this node's sockets.
+#[derive(Debug, Clone)]
+pub struct RemoteBroadcast {
+    /// Namespace path, e.g. `/`.
+    pub nsp: String,
+    /// Target selection as received (rooms, except, `Volatile` flag; `Broadcast` is set).
+    pub opts: BroadcastOptions,
+    /// The packet as delivered to local Socket.IO sockets (encoded by the namespace parser).
+    pub packet: Packet,
+    /// The raw `[event, ...args]` array from the wire.
+    pub data: Vec<rmpv::Value>,
+    /// uid of the sending node (`"emitter"` for @socket.io/redis-emitter).
+    pub origin: String,
+}
+
+impl RemoteBroadcast {
+    /// The event name (first element of the data array).
+    pub fn event(&self) -> Option<&str> {
+        self.data.first().and_then(|v| v.as_str())
+    }
+
+    /// The event arguments (everything after the event name) as JSON. Binary becomes an
+    /// array of byte values, msgpack timestamps become ISO-8601 strings.
+    pub fn args_json(&self) -> Vec<serde_json::Value> {
+        self.data.iter().skip(1).map(rmpv_to_json).collect()
+    }
+}
+
+/// The hook called for every [`RemoteBroadcast`]; must be quick and must not block.
+pub type RemoteBroadcastHook = Arc<dyn Fn(&RemoteBroadcast) + Send + Sync>;
+
+/// The adapter state: pass it to `SocketIo::builder().with_adapter::<FanoutAdapter<_>>(ctr)`.
+/// Cheap to clone; every clone shares the same connections.
+#[derive(Clone)]
+pub struct FanoutAdapterCtr {
+    pub(crate) inner: Arc<CtrInner>,
+}
+
+pub(crate) struct CtrInner {
+    pub driver: Driver,
+    pub key: String,
+    pub request_timeout: Duration,
+    pub inbound_buffer: usize,
+    pub publish_on_specific_response_channel: bool,
+    pub metrics: Metrics,
+    hook: RwLock<Option<RemoteBroadcastHook>>,
+}
+
+impl std::fmt::Debug for FanoutAdapterCtr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanoutAdapterCtr")
+            .field("driver", &self.inner.driver)
+            .field("key", &self.inner.key)
+            .finish()
+    }
+}
+
+impl FanoutAdapterCtr {
+    /// Embedded mode: no Redis; the adapter behaves exactly like socketioxide's
+    /// `LocalAdapter` and plain channels are an in-process loopback.
+    pub fn local() -> Self {
+        // `unregistered` only fails on invalid metric names, which are constants checked
+        // by the unit tests, so this cannot fail at run time.
+        let metrics = Metrics::unregistered().expect("static metric names are valid");
+        Self::from_parts(
+            Driver::Local(LocalBus::new(metrics.clone())),
+            RedisAdapterConfig::default(),
+            metrics,
+        )
+    }
+
+    /// Cluster mode: connects to Redis (publisher and subscriber must both connect once;
+    /// an unreachable Redis is an error here), then keeps the subscriber connected,
+    /// reconnecting with backoff and resubscribing everything.
+    pub async fn redis(config: RedisAdapterConfig) -> Result<Self, Error> {
+        config.validate().map_err(Error::Config)?;
+        let metrics = match &config.registry {
+            Some(registry) => Metrics::new(registry)?,
+            None => Metrics::unregistered()?,
+        };
+        let driver = RedisDriver::connect(config.driver_config(), metrics.clone()).await?;
+        Ok(Self::from_parts(Driver::Redis(driver), config, metrics))
+    }
+
+    fn from_parts(driver: Driver, config: RedisAdapterConfig, metrics: Metrics) -> Self {
+        Self {
+            inner: Arc::new(CtrInner {
+                driver,
+                key: config.key,
+                request_timeout: config.request_timeout,
+                inbound_buffer: config.inbound_buffer,
+                publish_on_specific_response_channel: config.publish_on_specific_response_channel,
+                metrics,
+                hook: RwLock::new(None),
+            }),
+        }
+    }
+
+    /// True in cluster mode.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.driver, Driver::Redis(_))
+    }
+
+    /// True when embedded, or when the Redis subscriber connection is up and every
+    /// subscription is confirmed (false while reconnecting).
+    pub fn is_ready(&self) -> bool {
+        self.inner.driver.is_ready()
+    }
+
+    /// A watch of [`is_ready`](Self::is_ready).
+    pub fn ready_watch(&self) -> watch::Receiver<bool> {
+        self.inner.driver.ready_watch()
+    }
+
+    /// The adapter's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Subscribes to a plain Redis channel over the adapter's subscriber connection
+    /// (resubscribed after every reconnect). Each message payload arrives as `Bytes`; the
+    /// queue holds `inbound_buffer` messages, a full queue drops (and counts) messages.
+    /// Dropping the receiver ends the subscription at the next message.
+    /// In embedded mode this is an in-process loopback fed by [`publish_channel`](Self::publish_channel).
+    pub async fn subscribe_channel(&self, channel: String) -> Result<mpsc::Receiver<Bytes>, Error> {
+        let size = match self.inner.driver {
+            Driver::Local(_) => LOCAL_BUFFER,
+            Driver::Redis(_) => self.inner.inbound_buffer,
+        };
+        let (tx, rx) = mpsc::channel(size);
+        self.inner
+            .driver
+            .subscribe(SubKey::Channel(channel), Route::Plain(tx))
+            .await?;
+        Ok(rx)
+    }
+
+    /// Publishes a payload on a plain channel (`PUBLISH`, bounded by the command timeout;
+    /// failures are counted in `fanout_adapter_publish_errors_total`).
+    pub async fn publish_channel(&self, channel: String, payload: Vec<u8>) -> Result<(), Error> {
+        self.inner.driver.publish(&channel, payload).await
+    }
+
+    /// Sets the hook called whenever a broadcast from another node is applied locally.
+    pub fn set_remote_broadcast_hook(&self, hook: RemoteBroadcastHook) {
+        *self.inner.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    pub(crate) fn call_hook(&self, bc: &RemoteBroadcast) {
+        let hook = self
+            .inner
+            .hook
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            hook(bc);
+        }
+    }
+}

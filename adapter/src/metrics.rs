@@ -1,0 +1,248 @@
+//! Prometheus metrics of the adapter, and the rate-limited log lines that go with them.
+//!
+//! Every counted event has one method here (`malformed`, `dropped`, `publish_failed`, ...)
+//! that bumps the metric *and* writes the log line, so no other module touches a counter
+//! directly. Label values come from small fixed sets (request type, message kind, channel
+//! kind) — never a room, socket id or payload.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// How often (at most) a repeated warning of the same kind is logged.
+const LOG_EVERY_MS: u64 = 10_000;
+
+/// The adapter's metrics. All fields are public so tests (and the node) can read them.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// `fanout_adapter_requests_sent_total{type}`: requests published, by Node request type
+    /// (`sockets`, `all_rooms`, `remote_join`, `remote_leave`, `remote_disconnect`,
+    /// `remote_fetch`, `broadcast_ack`).
+    pub requests_sent: IntCounterVec,
+    /// `fanout_adapter_request_timeouts_total{type}`: requests that did not get every answer in time.
+    pub request_timeouts: IntCounterVec,
+    /// `fanout_adapter_requests_failed_total{type,reason}`: requests refused or failed without
+    /// waiting (`not_ready`, `publish`, `numsub`).
+    pub requests_failed: IntCounterVec,
+    /// `fanout_adapter_messages_received_total{kind}`: messages read from Redis, by kind
+    /// (`broadcast`, `request`, `response`, `channel`).
+    pub messages_received: IntCounterVec,
+    /// `fanout_adapter_malformed_messages_total{kind}`: messages that could not be decoded
+    /// or had the wrong shape; they are skipped.
+    pub malformed: IntCounterVec,
+    /// `fanout_adapter_dropped_messages_total{kind}`: inbound messages dropped because a
+    /// bounded queue was full.
+    pub dropped: IntCounterVec,
+    /// `fanout_adapter_publish_errors_total`: PUBLISH commands that failed or timed out.
+    pub publish_errors: IntCounter,
+    /// `fanout_adapter_reconnects_total`: subscriber connection losses followed by a reconnect attempt.
+    pub reconnects: IntCounter,
+    /// `fanout_adapter_subscriptions_live`: 1 when the subscriber connection is up and
+    /// every subscription is confirmed, else 0.
+    pub subscriptions_live: IntGauge,
+    /// `fanout_adapter_unmappable_sockets_total`: remote sockets returned by a fetch whose id
+    /// is not a socketioxide `Sid` (e.g. Node.js 20-char ids); they are left out of the result.
+    pub unmappable_sockets: IntCounter,
+    last_log: std::sync::Arc<[AtomicU64; 4]>,
+}
+
+/// The kinds of warnings that are rate-limited independently.
+#[derive(Debug, Clone, Copy)]
+enum LogKind {
+    Malformed = 0,
+    Dropped = 1,
+    Publish = 2,
+    Connection = 3,
+}
+
+impl Metrics {
+    /// Create the metrics and register them into `registry`.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self::unregistered()?;
+        registry.register(Box::new(m.requests_sent.clone()))?;
+        registry.register(Box::new(m.request_timeouts.clone()))?;
+        registry.register(Box::new(m.requests_failed.clone()))?;
+        registry.register(Box::new(m.messages_received.clone()))?;
+        registry.register(Box::new(m.malformed.clone()))?;
+        registry.register(Box::new(m.dropped.clone()))?;
+        registry.register(Box::new(m.publish_errors.clone()))?;
+        registry.register(Box::new(m.reconnects.clone()))?;
+        registry.register(Box::new(m.subscriptions_live.clone()))?;
+        registry.register(Box::new(m.unmappable_sockets.clone()))?;
+        Ok(m)
+    }
+
+    /// Create the metrics without registering them anywhere.
+    pub fn unregistered() -> Result<Self, prometheus::Error> {
+        let vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        Ok(Self {
+            requests_sent: vec(
+                "fanout_adapter_requests_sent_total",
+                "Adapter requests published to other nodes, by request type",
+                &["type"],
+            )?,
+            request_timeouts: vec(
+                "fanout_adapter_request_timeouts_total",
+                "Adapter requests that timed out waiting for responses, by request type",
+                &["type"],
+            )?,
+            requests_failed: vec(
+                "fanout_adapter_requests_failed_total",
+                "Adapter requests that failed without waiting, by request type and reason",
+                &["type", "reason"],
+            )?,
+            messages_received: vec(
+                "fanout_adapter_messages_received_total",
+                "Messages received from Redis, by kind",
+                &["kind"],
+            )?,
+            malformed: vec(
+                "fanout_adapter_malformed_messages_total",
+                "Messages received from Redis that could not be decoded and were skipped, by kind",
+                &["kind"],
+            )?,
+            dropped: vec(
+                "fanout_adapter_dropped_messages_total",
+                "Inbound messages dropped because a bounded queue was full, by kind",
+                &["kind"],
+            )?,
+            publish_errors: IntCounter::new(
+                "fanout_adapter_publish_errors_total",
+                "PUBLISH commands that failed or timed out",
+            )?,
+            reconnects: IntCounter::new(
+                "fanout_adapter_reconnects_total",
+                "Redis subscriber connection losses followed by a reconnect",
+            )?,
+            subscriptions_live: IntGauge::new(
+                "fanout_adapter_subscriptions_live",
+                "1 when the Redis subscriber connection is up and all subscriptions are live",
+            )?,
+            unmappable_sockets: IntCounter::new(
+                "fanout_adapter_unmappable_sockets_total",
+                "Remote sockets left out of fetch_sockets because their id is not a socketioxide Sid",
+            )?,
+            last_log: std::sync::Arc::new(Default::default()),
+        })
+    }
+
+    /// A message could not be decoded; count it and log (rate-limited).
+    pub(crate) fn malformed(&self, kind: &'static str, channel: &str, err: &dyn std::fmt::Display) {
+        self.malformed.with_label_values(&[kind]).inc();
+        if self.should_log(LogKind::Malformed) {
+            tracing::warn!(kind, channel, "malformed message skipped: {err}");
+        }
+    }
+
+    /// An inbound message was dropped because its queue was full; count it and log (rate-limited).
+    pub(crate) fn dropped(&self, kind: &'static str, channel: &str) {
+        self.dropped.with_label_values(&[kind]).inc();
+        if self.should_log(LogKind::Dropped) {
+            tracing::warn!(
+                kind,
+                channel,
+                "inbound queue full, message dropped (raise inbound_buffer?)"
+            );
+        }
+    }
+
+    /// A PUBLISH failed; count it and log (rate-limited).
+    pub(crate) fn publish_failed(&self, channel: &str, err: &dyn std::fmt::Display) {
+        self.publish_errors.inc();
+        if self.should_log(LogKind::Publish) {
+            tracing::warn!(channel, "redis publish failed: {err}");
+        }
+    }
+
+    /// A connection attempt failed; log (rate-limited).
+    pub(crate) fn connect_failed(&self, err: &dyn std::fmt::Display) {
+        if self.should_log(LogKind::Connection) {
+            tracing::warn!("redis subscriber connection failed: {err}");
+        }
+    }
+
+    /// A message was received on a channel of the given kind.
+    pub(crate) fn received(&self, kind: &'static str) {
+        self.messages_received.with_label_values(&[kind]).inc();
+    }
+
+    /// A request of the given type was published.
+    pub(crate) fn request_sent(&self, kind: &'static str) {
+        self.requests_sent.with_label_values(&[kind]).inc();
+    }
+
+    /// A request timed out.
+    pub(crate) fn request_timeout(&self, kind: &'static str) {
+        self.request_timeouts.with_label_values(&[kind]).inc();
+        tracing::warn!(kind, "adapter request timed out");
+    }
+
+    /// A request failed before waiting for answers.
+    pub(crate) fn request_failed(&self, kind: &'static str, reason: &'static str) {
+        self.requests_failed
+            .with_label_values(&[kind, reason])
+            .inc();
+    }
+
+    /// Sets the subscription gauge.
+    pub(crate) fn set_live(&self, live: bool) {
+        self.subscriptions_live.set(i64::from(live));
+    }
+
+    /// Reads a counter of a vec for one label set (for tests and diagnostics).
+    pub fn get(vec: &IntCounterVec, labels: &[&str]) -> u64 {
+        vec.get_metric_with_label_values(labels)
+            .map(|c| c.get())
+            .unwrap_or(0)
+    }
+
+    /// Sum of a counter vec over all its label sets.
+    pub fn sum(vec: &IntCounterVec) -> u64 {
+        use prometheus::core::Collector;
+        vec.collect()
+            .iter()
+            .flat_map(|mf| mf.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    fn should_log(&self, kind: LogKind) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let slot = &self.last_log[kind as usize];
+        let last = slot.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= LOG_EVERY_MS || last == 0 {
+            slot.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_and_counts() {
+        let reg = Registry::new();
+        let m = Metrics::new(&reg).unwrap();
+        m.malformed("broadcast", "c", &"boom");
+        m.malformed("request", "c", &"boom");
+        m.dropped("request", "c");
+        assert_eq!(Metrics::get(&m.malformed, &["broadcast"]), 1);
+        assert_eq!(Metrics::sum(&m.malformed), 2);
+        assert_eq!(Metrics::get(&m.dropped, &["request"]), 1);
+        let names: Vec<String> = reg.gather().iter().map(|f| f.name().to_string()).collect();
+        assert!(names.iter().all(|n| n.starts_with("fanout_adapter_")));
+        assert!(names.contains(&"fanout_adapter_malformed_messages_total".to_string()));
+        // registering twice into the same registry is an error, not a panic
+        assert!(Metrics::new(&reg).is_err());
+    }
+}

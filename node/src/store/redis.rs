@@ -1,0 +1,546 @@
+//! Redis stores for cluster mode (deadpool-redis), with the keys of [`super::keys`]. Writes
+//! that must be atomic (user creation, record replace/delete) are Lua scripts; record patches
+//! use WATCH/MULTI. Every command is timed into `fanout_redis_command_duration_seconds`.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_redis::redis::{self, AsyncCommands, Script};
+use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime, Timeouts};
+use tokio::time::Instant;
+
+use super::{
+    ConnKey, ModelStore, NewUser, PresenceStore, Record, StoreError, StoreResult, TokenHash,
+    TokenRecord, TokenStore, User, UserId, UserStore, keys, merge_record,
+};
+use crate::metrics::Metrics;
+
+/// A Redis connection pool plus what every store needs: key prefix and metrics.
+#[derive(Clone)]
+pub struct RedisBackend {
+    pool: Pool,
+    prefix: String,
+    metrics: Metrics,
+}
+
+impl RedisBackend {
+    /// A pool for `url` whose waits and connects are bounded, so a lost Redis turns into fast
+    /// `unavailable` errors instead of hanging requests.
+    pub fn new(url: &str, prefix: &str, metrics: Metrics) -> Result<Self, StoreError> {
+        let timeout = Some(Duration::from_secs(2));
+        let mut settings = PoolSettings::from_url(url);
+        settings.pool = Some(PoolConfig {
+            max_size: 32,
+            timeouts: Timeouts {
+                wait: timeout,
+                create: timeout,
+                recycle: timeout,
+            },
+            ..PoolConfig::default()
+        });
+        let pool = settings
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|err| StoreError::Unavailable(format!("redis pool: {err}")))?;
+        Ok(Self {
+            pool,
+            prefix: prefix.to_string(),
+            metrics,
+        })
+    }
+
+    /// Runs one store operation on a pooled connection, timing it and mapping errors.
+    async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> StoreResult<T>
+    where
+        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let started = Instant::now();
+        let result = match self.pool.get().await {
+            Ok(conn) => f(conn).await,
+            Err(err) => Err(StoreError::Unavailable(format!("redis connection: {err}"))),
+        };
+        let ok = !matches!(
+            result,
+            Err(StoreError::Unavailable(_) | StoreError::Corrupt(_))
+        );
+        self.metrics.redis_command(op, started.elapsed(), ok);
+        result
+    }
+
+    /// `PING`, for readiness.
+    pub async fn ping(&self) -> bool {
+        self.run("ping", |mut conn| async move {
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map_err(unavailable)
+        })
+        .await
+        .is_ok()
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The pool (for the other cluster components of the node).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+fn unavailable(err: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &str) -> StoreResult<T> {
+    serde_json::from_str(raw).map_err(|err| StoreError::Corrupt(format!("{what}: {err}")))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|err| StoreError::Corrupt(err.to_string()))
+}
+
+/// Tokens: `SET <prefix>:token:<hash> <json> EX ttl` + `SADD <prefix>:user-tokens:<user>`.
+pub struct RedisTokenStore(pub RedisBackend);
+
+#[async_trait]
+impl TokenStore for RedisTokenStore {
+    async fn insert(&self, hash: &TokenHash, record: &TokenRecord) -> StoreResult<()> {
+        let key = keys::token(self.0.prefix(), hash);
+        let index = keys::user_tokens(self.0.prefix(), &record.user_id);
+        let json = encode(record)?;
+        let ttl = record.ttl;
+        let member = hash.0.clone();
+        self.0
+            .run("token_insert", |mut conn| async move {
+                redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg(&key)
+                    .arg(&json)
+                    .arg("EX")
+                    .arg(ttl)
+                    .ignore()
+                    .sadd(&index, &member)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn get(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
+        let key = keys::token(self.0.prefix(), hash);
+        let raw: Option<String> = self
+            .0
+            .run("token_get", |mut conn| async move {
+                conn.get(&key).await.map_err(unavailable)
+            })
+            .await?;
+        raw.map(|raw| decode("token", &raw)).transpose()
+    }
+
+    async fn revoke(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
+        let key = keys::token(self.0.prefix(), hash);
+        let raw: Option<String> = self
+            .0
+            .run("token_revoke", |mut conn| async move {
+                redis::cmd("GETDEL")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        let Some(raw) = raw else { return Ok(None) };
+        let record: TokenRecord = decode("token", &raw)?;
+        let index = keys::user_tokens(self.0.prefix(), &record.user_id);
+        let member = hash.0.clone();
+        self.0
+            .run("token_unindex", |mut conn| async move {
+                conn.srem::<_, _, ()>(&index, &member)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        Ok(Some(record))
+    }
+
+    async fn user_tokens(&self, user: &UserId) -> StoreResult<Vec<TokenHash>> {
+        let index = keys::user_tokens(self.0.prefix(), user);
+        let prefix = self.0.prefix().to_string();
+        self.0
+            .run("token_list", |mut conn| async move {
+                let members: Vec<String> = conn.smembers(&index).await.map_err(unavailable)?;
+                let mut live = Vec::new();
+                for member in members {
+                    let hash = TokenHash(member);
+                    let exists: bool = conn
+                        .exists(keys::token(&prefix, &hash))
+                        .await
+                        .map_err(unavailable)?;
+                    if exists {
+                        live.push(hash);
+                    } else {
+                        // Expired by Redis: drop it from the index too.
+                        conn.srem::<_, _, ()>(&index, &hash.0)
+                            .await
+                            .map_err(unavailable)?;
+                    }
+                }
+                Ok(live)
+            })
+            .await
+    }
+}
+
+/// Users: `<prefix>:user:<id>` JSON, unique indexes by username and e-mail.
+pub struct RedisUserStore(pub RedisBackend);
+
+/// Creates a user atomically: both indexes checked and written with the record.
+/// KEYS: by-username, by-email, next-id; ARGV: username, email, user-key prefix, json-without-id.
+const CREATE_USER: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {err = 'username'} end
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return {err = 'email'} end
+local id = redis.call('INCR', KEYS[3])
+redis.call('HSET', KEYS[1], ARGV[1], id)
+redis.call('HSET', KEYS[2], ARGV[2], id)
+-- gsub returns (string, count): the parentheses keep only the string.
+redis.call('SET', ARGV[3] .. id, (string.gsub(ARGV[4], '"id":"__ID__"', '"id":' .. id, 1)))
+return id
+"#;
+
+#[async_trait]
+impl UserStore for RedisUserStore {
+    async fn create(&self, new: NewUser) -> StoreResult<User> {
+        let prefix = self.0.prefix().to_string();
+        let mut user = User {
+            id: UserId::new("__ID__"),
+            username: new.username,
+            email: new.email,
+            password_hash: new.password_hash,
+        };
+        // The placeholder id serializes as the string "__ID__"; the script swaps in the number.
+        let json = encode(&user)?;
+        let user_key_prefix = keys::user(&prefix, &UserId::new(""));
+        let (name, email) = (user.username.clone(), user.email.clone());
+        let id: u64 = self
+            .0
+            .run("user_create", |mut conn| async move {
+                Script::new(CREATE_USER)
+                    .key(keys::users_by_username(&prefix))
+                    .key(keys::users_by_email(&prefix))
+                    .key(keys::users_next_id(&prefix))
+                    .arg(&name)
+                    .arg(&email)
+                    .arg(&user_key_prefix)
+                    .arg(&json)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|err| {
+                        // The script's own errors name the taken field.
+                        let text = err.to_string();
+                        if text.contains("username") {
+                            StoreError::Conflict("username is taken".into())
+                        } else if text.contains("email") {
+                            StoreError::Conflict("email is taken".into())
+                        } else {
+                            unavailable(err)
+                        }
+                    })
+            })
+            .await?;
+        user.id = UserId::new(id.to_string());
+        Ok(user)
+    }
+
+    async fn get(&self, id: &UserId) -> StoreResult<Option<User>> {
+        let key = keys::user(self.0.prefix(), id);
+        let raw: Option<String> = self
+            .0
+            .run("user_get", |mut conn| async move {
+                conn.get(&key).await.map_err(unavailable)
+            })
+            .await?;
+        raw.map(|raw| decode("user", &raw)).transpose()
+    }
+
+    async fn find_by_username(&self, username: &str) -> StoreResult<Option<User>> {
+        let index = keys::users_by_username(self.0.prefix());
+        let username = username.to_string();
+        let id: Option<String> = self
+            .0
+            .run("user_find", |mut conn| async move {
+                conn.hget(&index, &username).await.map_err(unavailable)
+            })
+            .await?;
+        match id {
+            Some(id) => self.get(&UserId::new(id)).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn find_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        let index = keys::users_by_email(self.0.prefix());
+        let email = email.to_string();
+        let id: Option<String> = self
+            .0
+            .run("user_find", |mut conn| async move {
+                conn.hget(&index, &email).await.map_err(unavailable)
+            })
+            .await?;
+        match id {
+            Some(id) => self.get(&UserId::new(id)).await,
+            None => Ok(None),
+        }
+    }
+}
+
+/// Models: one hash per model (`<prefix>:model:<Model>`, field = id), ids from
+/// `<prefix>:model-ids:<Model>`.
+pub struct RedisModelStore(pub RedisBackend);
+
+/// Replaces a field only if it exists. KEYS: hash; ARGV: field, value.
+const REPLACE_IF_EXISTS: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// Deletes a field and returns its value. KEYS: hash; ARGV: field.
+const DELETE_RETURNING: &str = r#"
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if value then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return value
+"#;
+
+fn decode_record(raw: &str) -> StoreResult<Record> {
+    decode("record", raw)
+}
+
+#[async_trait]
+impl ModelStore for RedisModelStore {
+    async fn create(&self, model: &str, mut data: Record) -> StoreResult<Record> {
+        let (hash, counter) = (
+            keys::model(self.0.prefix(), model),
+            keys::model_next_id(self.0.prefix(), model),
+        );
+        let id: u64 = self
+            .0
+            .run("model_next_id", |mut conn| async move {
+                conn.incr(&counter, 1).await.map_err(unavailable)
+            })
+            .await?;
+        data.insert("id".into(), id.into());
+        let json = encode(&data)?;
+        self.0
+            .run("model_create", |mut conn| async move {
+                conn.hset::<_, _, _, ()>(&hash, id, &json)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        Ok(data)
+    }
+
+    async fn list(&self, model: &str, limit: usize) -> StoreResult<Vec<Record>> {
+        let hash = keys::model(self.0.prefix(), model);
+        let all: Vec<(u64, String)> = self
+            .0
+            .run("model_list", |mut conn| async move {
+                conn.hgetall(&hash).await.map_err(unavailable)
+            })
+            .await?;
+        let mut all = all;
+        all.sort_by_key(|(id, _)| *id);
+        all.iter()
+            .take(limit)
+            .map(|(_, raw)| decode_record(raw))
+            .collect()
+    }
+
+    async fn get(&self, model: &str, id: u64) -> StoreResult<Option<Record>> {
+        let hash = keys::model(self.0.prefix(), model);
+        let raw: Option<String> = self
+            .0
+            .run("model_get", |mut conn| async move {
+                conn.hget(&hash, id).await.map_err(unavailable)
+            })
+            .await?;
+        raw.map(|raw| decode_record(&raw)).transpose()
+    }
+
+    async fn replace(&self, model: &str, id: u64, mut data: Record) -> StoreResult<Record> {
+        let hash = keys::model(self.0.prefix(), model);
+        data.insert("id".into(), id.into());
+        let json = encode(&data)?;
+        let replaced: u8 = self
+            .0
+            .run("model_replace", |mut conn| async move {
+                Script::new(REPLACE_IF_EXISTS)
+                    .key(&hash)
+                    .arg(id)
+                    .arg(&json)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        if replaced == 1 {
+            Ok(data)
+        } else {
+            Err(StoreError::NotFound)
+        }
+    }
+
+    async fn patch(&self, model: &str, id: u64, patch: Record) -> StoreResult<Record> {
+        let hash = keys::model(self.0.prefix(), model);
+        self.0
+            .run("model_patch", |mut conn| async move {
+                // Optimistic transaction: retry when another writer changed the hash meanwhile.
+                for _ in 0..16 {
+                    redis::cmd("WATCH")
+                        .arg(&hash)
+                        .query_async::<()>(&mut conn)
+                        .await
+                        .map_err(unavailable)?;
+                    let raw: Option<String> = conn.hget(&hash, id).await.map_err(unavailable)?;
+                    let Some(raw) = raw else {
+                        redis::cmd("UNWATCH")
+                            .query_async::<()>(&mut conn)
+                            .await
+                            .map_err(unavailable)?;
+                        return Err(StoreError::NotFound);
+                    };
+                    let mut record = decode_record(&raw)?;
+                    merge_record(&mut record, patch.clone());
+                    let json = encode(&record)?;
+                    let done: Option<()> = redis::pipe()
+                        .atomic()
+                        .hset(&hash, id, &json)
+                        .ignore()
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(unavailable)?;
+                    if done.is_some() {
+                        return Ok(record);
+                    }
+                }
+                Err(StoreError::Unavailable("record too contended".into()))
+            })
+            .await
+    }
+
+    async fn delete(&self, model: &str, id: u64) -> StoreResult<Record> {
+        let hash = keys::model(self.0.prefix(), model);
+        let raw: Option<String> = self
+            .0
+            .run("model_delete", |mut conn| async move {
+                Script::new(DELETE_RETURNING)
+                    .key(&hash)
+                    .arg(id)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        raw.map(|raw| decode_record(&raw))
+            .transpose()?
+            .ok_or(StoreError::NotFound)
+    }
+}
+
+/// Presence: `<prefix>:presence:<topic>` hash, field `<node>/<transport>/<id>` → user id.
+/// Entries of nodes whose heartbeat key expired are ignored and cleaned up on read, so a
+/// crashed node does not keep users present forever.
+pub struct RedisPresenceStore(pub RedisBackend);
+
+/// How often a node refreshes its heartbeat key, and how long the key lives.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Lifetime of a node heartbeat key.
+pub const HEARTBEAT_TTL_SECS: u64 = 15;
+
+impl RedisPresenceStore {
+    /// Refreshes this node's heartbeat key forever (spawn it).
+    pub async fn run_heartbeat(backend: RedisBackend, node_id: String) {
+        let key = keys::node_alive(backend.prefix(), &node_id);
+        loop {
+            let key = key.clone();
+            let result = backend
+                .run("heartbeat", |mut conn| async move {
+                    conn.set_ex::<_, _, ()>(&key, 1, HEARTBEAT_TTL_SECS)
+                        .await
+                        .map_err(unavailable)
+                })
+                .await;
+            if let Err(err) = result {
+                tracing::debug!(%err, "heartbeat failed");
+            }
+            tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+        }
+    }
+}
+
+fn node_of(conn: &str) -> &str {
+    conn.split('/').next().unwrap_or(conn)
+}
+
+#[async_trait]
+impl PresenceStore for RedisPresenceStore {
+    async fn join(&self, topic: &str, conn: &ConnKey, user: &UserId) -> StoreResult<()> {
+        let key = keys::presence(self.0.prefix(), topic);
+        let (field, value) = (conn.0.clone(), user.as_str().to_string());
+        self.0
+            .run("presence_join", |mut c| async move {
+                c.hset::<_, _, _, ()>(&key, &field, &value)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn leave(&self, topic: &str, conn: &ConnKey) -> StoreResult<()> {
+        let key = keys::presence(self.0.prefix(), topic);
+        let field = conn.0.clone();
+        self.0
+            .run("presence_leave", |mut c| async move {
+                c.hdel::<_, _, ()>(&key, &field).await.map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn members(&self, topic: &str) -> StoreResult<Vec<UserId>> {
+        let key = keys::presence(self.0.prefix(), topic);
+        let prefix = self.0.prefix().to_string();
+        self.0
+            .run("presence_members", |mut c| async move {
+                let entries: Vec<(String, String)> = c.hgetall(&key).await.map_err(unavailable)?;
+                let nodes: BTreeSet<&str> = entries.iter().map(|(conn, _)| node_of(conn)).collect();
+                let mut alive = BTreeSet::new();
+                for node in nodes {
+                    let exists: bool = c
+                        .exists(keys::node_alive(&prefix, node))
+                        .await
+                        .map_err(unavailable)?;
+                    if exists {
+                        alive.insert(node.to_string());
+                    }
+                }
+                let mut users = BTreeSet::new();
+                for (conn, user) in &entries {
+                    if alive.contains(node_of(conn)) {
+                        users.insert(UserId::new(user.clone()));
+                    } else {
+                        c.hdel::<_, _, ()>(&key, conn).await.map_err(unavailable)?;
+                    }
+                }
+                Ok(users.into_iter().collect())
+            })
+            .await
+    }
+}
