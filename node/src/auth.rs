@@ -73,6 +73,37 @@ fn internal(what: &str, err: impl std::fmt::Display) -> AppError {
     AppError::new(Code::Internal, "internal error")
 }
 
+/// Token fields a client sends, in the Socket.IO handshake, with `authentication`, or with a
+/// `/ws` `authenticate` request: `{ token }` or LoopBack's `{ id, userId }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// The access token.
+    pub token: Option<String>,
+    /// The user the client claims to be (LoopBack form); must match the token's.
+    pub claimed_user: Option<UserId>,
+}
+
+impl Credentials {
+    /// Reads `{ token }` or `{ id, userId }`; anything else yields no token.
+    pub fn from_value(value: &serde_json::Value) -> Credentials {
+        let token = value
+            .get("token")
+            .or_else(|| value.get("id"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned);
+        let claimed_user = value.get("userId").and_then(UserId::from_json);
+        Credentials {
+            token,
+            claimed_user,
+        }
+    }
+
+    /// True when the value carries a token field at all.
+    pub fn present_in(value: &serde_json::Value) -> bool {
+        value.get("token").is_some() || value.get("id").is_some()
+    }
+}
+
 /// Why a token was refused (a bounded set: metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {
@@ -108,6 +139,12 @@ impl Authenticator {
     /// An authenticator over a token store.
     pub fn new(tokens: Arc<dyn TokenStore>) -> Self {
         Self { tokens }
+    }
+
+    /// Checks client credentials.
+    pub async fn check(&self, creds: &Credentials) -> Result<Session, AuthFailure> {
+        self.authenticate(creds.token.as_deref(), creds.claimed_user.as_ref())
+            .await
     }
 
     /// Turns a raw token (and optionally the user it claims to belong to, as in the LoopBack

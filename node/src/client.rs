@@ -29,8 +29,33 @@ pub trait Subscriptions: Send + Sync {
     fn topics(&self) -> Vec<Topic>;
 }
 
-/// Handles one request of an authenticated client; returns the success reply
-/// (`{ ok: true, … }` or `{ result }`) or the error to send as `{ error }`.
+/// A successful reply, before the transport shapes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// A protocol request's reply (`{ ok: true, … }`).
+    Done(Value),
+    /// A method's result.
+    Result(Value),
+}
+
+impl Reply {
+    /// The Socket.IO ack: `{ ok: true, … }` or `{ result }`.
+    pub fn into_ack(self) -> Value {
+        match self {
+            Reply::Done(body) => body,
+            Reply::Result(result) => json!({ "result": result }),
+        }
+    }
+
+    /// The `/ws` reply's `data`: the body, or the method's result itself.
+    pub fn into_data(self) -> Value {
+        match self {
+            Reply::Done(body) | Reply::Result(body) => body,
+        }
+    }
+}
+
+/// Handles one request of an authenticated client; the error is sent as `{ error }`.
 pub async fn handle_request(
     state: &AppState,
     session: &Session,
@@ -38,22 +63,21 @@ pub async fn handle_request(
     name: &str,
     arg: Value,
     source: PublishSource,
-) -> Result<Value, AppError> {
+) -> Result<Reply, AppError> {
     match name {
-        "subscribe" => subscribe(state, session, conn, &arg).await,
-        "unsubscribe" => unsubscribe(state, conn, &arg).await,
+        "subscribe" => subscribe(state, session, conn, &arg).await.map(Reply::Done),
+        "unsubscribe" => unsubscribe(state, conn, &arg).await.map(Reply::Done),
         "unsubscribeAll" => {
             let count = leave_all(state, conn).await;
-            Ok(json!({ "ok": true, "count": count }))
+            Ok(Reply::Done(json!({ "ok": true, "count": count })))
         }
-        "publish" => publish(state, session, &arg, source).await,
+        "publish" => publish(state, session, &arg, source).await.map(Reply::Done),
         _ => {
             let ctx = MethodCtx {
                 state: state.clone(),
                 session: session.clone(),
             };
-            let result = state.methods.call(name, ctx, arg).await?;
-            Ok(json!({ "result": result }))
+            state.methods.call(name, ctx, arg).await.map(Reply::Result)
         }
     }
 }

@@ -2,6 +2,8 @@
 //! `POST /api/publish`): it broadcasts to the topic's room through the adapter, so every node
 //! of the cluster — Node.js Socket.IO peers included — delivers it. [`deliver_local`] is
 //! for messages every node receives anyway (the events channel): local subscribers only.
+//! Both feed Socket.IO rooms and the `/ws` hub; a broadcast that arrives from another node
+//! through the adapter reaches the `/ws` hub through [`deliver_remote_to_ws`].
 
 use serde_json::Value;
 use tokio::time::Instant;
@@ -30,7 +32,8 @@ pub async fn publish(
             tracing::warn!(%err, %topic, "broadcast failed");
             AppError::new(Code::Unavailable, "broadcast failed")
         })?;
-    record(state, recipients, started);
+    let ws = deliver_ws(state, topic.as_str(), data);
+    record(state, recipients + ws, started);
     Ok(())
 }
 
@@ -46,7 +49,41 @@ pub async fn deliver_local(state: &AppState, topic: &Topic, data: &Value, receiv
             tracing::debug!(%err, %topic, "local delivery skipped some sockets");
         }
     }
-    record(state, recipients, received);
+    let ws = deliver_ws(state, topic.as_str(), data);
+    record(state, recipients + ws, received);
+}
+
+/// A broadcast from another node (fanout or Node.js) was applied to this node's Socket.IO
+/// sockets; topic messages among them (namespace `/`, one room, event named after the room)
+/// go to the `/ws` subscribers too.
+pub fn deliver_remote_to_ws(state: &AppState, broadcast: &fanout_adapter::RemoteBroadcast) {
+    if broadcast.nsp != "/" || broadcast.opts.rooms.len() != 1 {
+        return;
+    }
+    let Some(event) = broadcast.event() else {
+        return;
+    };
+    if broadcast.opts.rooms[0] != event {
+        return;
+    }
+    let received = Instant::now();
+    let data = broadcast
+        .args_json()
+        .into_iter()
+        .next()
+        .unwrap_or(Value::Null);
+    let ws = deliver_ws(state, event, &data);
+    if ws > 0 {
+        record(state, ws, received);
+    }
+}
+
+fn deliver_ws(state: &AppState, topic: &str, data: &Value) -> u64 {
+    let (delivered, dropped) = state.ws_hub.deliver(topic, data);
+    if dropped > 0 {
+        state.metrics.messages_dropped("slow_consumer", dropped);
+    }
+    delivered
 }
 
 fn local_recipients(state: &AppState, topic: &Topic) -> u64 {

@@ -16,6 +16,7 @@
 //! - [`pubsub`]: Socket.IO namespace `/`.
 //! - [`http`]: REST API and operations routes.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`ws`]: the plain-WebSocket endpoint `/ws`.
 //! - [`shutdown`]: signals, connection tracking, graceful drain.
 //!
 //! [`run`] starts a node on a listener and returns after a graceful shutdown.
@@ -36,6 +37,7 @@ pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod topics;
+pub mod ws;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -139,6 +141,12 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         .with_adapter::<state::NodeAdapter>(adapter.clone())
         .build_layer();
     state.set_io(io.clone());
+    {
+        let state = state.clone();
+        adapter.set_remote_broadcast_hook(Arc::new(move |broadcast| {
+            delivery::deliver_remote_to_ws(&state, broadcast);
+        }));
+    }
     io.ns(
         pubsub::NAMESPACE,
         pubsub::on_connect.with(pubsub::on_connect_middleware),

@@ -51,6 +51,7 @@ pub struct Metrics {
     topic_delivered: IntCounter,
     delivery_latency: Histogram,
     bad_input: IntCounterVec,
+    dropped: IntCounterVec,
     redis_command_duration: HistogramVec,
     redis_errors: IntCounterVec,
     tcp_connections: IntGauge,
@@ -202,6 +203,12 @@ impl Metrics {
                 "Rejected client input, by origin and error code",
                 &["origin", "code"],
             ),
+            dropped: counter_vec(
+                &registry,
+                "fanout_messages_dropped_total",
+                "Messages not delivered to a client, by reason (slow_consumer: its queue was full)",
+                &["reason"],
+            ),
             redis_command_duration,
             redis_errors: counter_vec(
                 &registry,
@@ -283,6 +290,11 @@ impl Metrics {
     /// Client input was refused (`origin`: socket, ws, http, events).
     pub fn bad_input(&self, origin: &str, code: &str) {
         self.bad_input.with_label_values(&[origin, code]).inc();
+    }
+
+    /// `count` messages were dropped for `reason`.
+    pub fn messages_dropped(&self, reason: &str, count: u64) {
+        self.dropped.with_label_values(&[reason]).inc_by(count);
     }
 
     /// A store issued a Redis command.

@@ -14,12 +14,12 @@ use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
 use tracing::Instrument;
 
-use crate::auth::{AuthFailure, Session};
+use crate::auth::{AuthFailure, Credentials, Session};
 use crate::client::{Subscriptions, handle_request, leave_all};
 use crate::error::AppError;
 use crate::metrics::PublishSource;
 use crate::state::{AppState, NodeAdapter};
-use crate::store::{ConnKey, UserId};
+use crate::store::ConnKey;
 use crate::topics::Topic;
 
 /// The namespace path.
@@ -61,28 +61,6 @@ pub struct Unauthorized;
 impl fmt::Display for Unauthorized {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("unauthorized")
-    }
-}
-
-/// Token fields a client may send, in the handshake or with `authentication`.
-struct Credentials {
-    token: Option<String>,
-    claimed_user: Option<UserId>,
-}
-
-impl Credentials {
-    /// Reads `{ token }` or LoopBack's `{ id, userId }`.
-    fn from_value(value: &Value) -> Credentials {
-        let token = value
-            .get("token")
-            .or_else(|| value.get("id"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let claimed_user = value.get("userId").and_then(UserId::from_json);
-        Credentials {
-            token,
-            claimed_user,
-        }
     }
 }
 
@@ -192,7 +170,7 @@ async fn on_event(
         .instrument(span)
         .await;
     let body = match reply {
-        Ok(body) => body,
+        Ok(reply) => reply.into_ack(),
         Err(err) => {
             state.metrics.bad_input("socket", err.code.as_str());
             err.body()

@@ -86,6 +86,8 @@ pub struct Inner {
     pub connections: ConnRegistry,
     /// Draining flag and backend health, for `/readyz` and the drain.
     pub readiness: Readiness,
+    /// Local `/ws` subscriptions.
+    pub ws_hub: crate::ws::WsHub,
     /// The Socket.IO server, set once at startup (it needs the state to be built first).
     io: OnceLock<Io>,
 }
@@ -129,6 +131,7 @@ impl AppState {
             methods: parts.methods,
             connections: ConnRegistry::default(),
             readiness: parts.readiness,
+            ws_hub: crate::ws::WsHub::default(),
             io: OnceLock::new(),
         }))
     }
