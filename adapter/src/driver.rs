@@ -132,18 +132,37 @@ impl Routes {
     }
 
     /// Delivers to every route of `key`, dropping closed routes and counting overflows.
-    fn dispatch(&mut self, key: &SubKey, channel: &str, payload: &Bytes, metrics: &Metrics) {
+    /// Returns true when the last route of `key` was closed (the key is then removed).
+    fn dispatch(
+        &mut self,
+        key: &SubKey,
+        channel: &str,
+        payload: &Bytes,
+        metrics: &Metrics,
+    ) -> bool {
         let Some(routes) = self.map.get_mut(key) else {
-            return;
+            return false;
         };
         routes.retain(|(_, route)| match route.deliver(channel, payload) {
-            Delivery::Sent => true,
+            Delivery::Sent => {
+                // Adapter routes are counted by kind in the namespace loop.
+                if let Route::Plain(_) = route {
+                    metrics.received("channel");
+                }
+                true
+            }
             Delivery::Full => {
                 metrics.dropped(route.kind(), channel);
                 true
             }
             Delivery::Closed => false,
         });
+        if routes.is_empty() {
+            self.map.remove(key);
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -242,7 +261,6 @@ impl LocalBus {
 
     fn publish(&self, channel: &str, payload: Vec<u8>) {
         let payload = Bytes::from(payload);
-        self.metrics.received("channel");
         lock(&self.routes).dispatch(
             &SubKey::Channel(channel.to_owned()),
             channel,
@@ -376,6 +394,14 @@ impl RedisDriver {
     }
 
     async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<(), Error> {
+        // While the subscriber is reconnecting Redis is most likely unreachable: fail at
+        // once instead of stalling every caller for `command_timeout` (a black-holed host
+        // does not refuse connections). Pub/sub is at-most-once anyway.
+        if !*self.inner.ready.borrow() {
+            let err = Error::NotReady;
+            self.inner.metrics.publish_failed(channel, &err);
+            return Err(err);
+        }
         let cmd = redis::cmd("PUBLISH").arg(channel).arg(payload).clone();
         match self.query::<i64>(&cmd, "PUBLISH").await {
             Ok(_) => Ok(()),
@@ -477,9 +503,23 @@ impl RedisInner {
             Ok(Some(p)) => SubKey::Pattern(p),
             _ => SubKey::Channel(channel.to_owned()),
         };
-        lock(&self.state)
-            .routes
-            .dispatch(&key, channel, &payload, &self.metrics);
+        let (orphaned, sink) = {
+            let mut state = lock(&self.state);
+            let orphaned = state
+                .routes
+                .dispatch(&key, channel, &payload, &self.metrics);
+            (orphaned, state.sink.clone())
+        };
+        // Every receiver of this subscription is gone: stop receiving it from Redis.
+        if let (true, Some(mut sink)) = (orphaned, sink) {
+            let timeout = self.cfg.command_timeout;
+            tokio::spawn(async move {
+                let _ = match key {
+                    SubKey::Channel(c) => tokio::time::timeout(timeout, sink.unsubscribe(c)).await,
+                    SubKey::Pattern(p) => tokio::time::timeout(timeout, sink.punsubscribe(p)).await,
+                };
+            });
+        }
     }
 }
 

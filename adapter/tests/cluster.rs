@@ -1,6 +1,7 @@
 //! Multi-server tests over a real redis-server (socketioxide-redis's test pattern):
 //! broadcast, rooms, except, acks, fetch_sockets, rooms(), join/leave, disconnect, local,
 //! remote sockets, the remote-broadcast hook and plain channels.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 mod fixture;
 
@@ -13,6 +14,8 @@ use futures_util::StreamExt;
 use socketioxide::extract::SocketRef;
 
 type Sock = SocketRef<fixture::Adapter>;
+/// (nsp, event, args, rooms) of a hook call.
+type Seen = (String, Option<String>, Vec<serde_json::Value>, Vec<String>);
 
 /// Parses `42<id>[...]` and returns the ack id.
 fn ack_id(packet: &str) -> String {
@@ -311,8 +314,7 @@ async fn remote_broadcast_hook_sees_only_foreign_broadcasts() {
     bounded(30, async {
         let redis = RedisServer::start();
         let [(io1, ctr1), (io2, _)] = spawn_servers(&redis).await;
-        let seen: Arc<Mutex<Vec<(String, Option<String>, Vec<serde_json::Value>, Vec<String>)>>> =
-            Default::default();
+        let seen: Arc<Mutex<Vec<Seen>>> = Default::default();
         let sink = seen.clone();
         ctr1.set_remote_broadcast_hook(Arc::new(move |bc: &RemoteBroadcast| {
             sink.lock().unwrap().push((

@@ -2,6 +2,7 @@
 //! requests fail fast, readiness false), recovery on restart (readiness true,
 //! resubscription, cross-node delivery resumes), malformed messages on every channel,
 //! inbound queue overflow.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 mod fixture;
 
@@ -68,6 +69,12 @@ async fn outage_keeps_local_delivery_fails_fast_and_recovers() {
         assert!(io1.fetch_sockets().await.is_err());
         assert!(io1.rooms().await.is_err());
         assert!(io1.emit_with_ack::<_, String>("q", &0).await.is_err());
+        let lost = b"lost".to_vec();
+        assert!(
+            ctr1.publish_channel("fanout:events".into(), lost)
+                .await
+                .is_err()
+        );
         assert!(
             started.elapsed() < Duration::from_millis(200),
             "{:?}",

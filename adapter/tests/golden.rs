@@ -3,6 +3,7 @@
 //! (`shared/reference/node-redis-adapter-golden/trace-classic.json`) and the worked example
 //! of the protocol notes (§5). Decoding must accept every captured message, and
 //! re-encoding what Node sent must give Node's bytes back.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use std::path::PathBuf;
 

@@ -144,6 +144,16 @@ impl Config {
                 "ping and auth timeouts must be positive".into(),
             ));
         }
+        if let Some(id) = &self.node_id
+            && (id.is_empty()
+                || id.len() > 64
+                || id.contains(['/', '|'])
+                || id.contains(char::is_whitespace))
+        {
+            return Err(ConfigError(
+                "FANOUT_NODE_ID: 1 to 64 characters, no '/', '|' or spaces".into(),
+            ));
+        }
         if self.drain_batch == 0 {
             return Err(ConfigError("FANOUT_DRAIN_BATCH must be positive".into()));
         }

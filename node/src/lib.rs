@@ -14,6 +14,8 @@
 //! - [`methods`]: the RPC method registry and built-ins.
 //! - [`connections`]: local connections by token (logout).
 //! - [`pubsub`]: Socket.IO namespace `/`.
+//! - [`chat`]: Socket.IO namespace `/chat` (two-person rooms).
+//! - [`stream`]: Socket.IO namespace `/stream` (term-filtered stream).
 //! - [`http`]: REST API and operations routes.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`ws`]: the plain-WebSocket endpoint `/ws`.
@@ -23,6 +25,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod chat;
 pub mod client;
 pub mod config;
 pub mod connections;
@@ -36,6 +39,7 @@ pub mod pubsub;
 pub mod shutdown;
 pub mod state;
 pub mod store;
+pub mod stream;
 pub mod topics;
 pub mod ws;
 
@@ -58,10 +62,11 @@ use crate::state::{AppState, Readiness, StateParts, Stores};
 use crate::store::cache::CachedTokenStore;
 use crate::store::keys;
 use crate::store::memory::{
-    MemoryModelStore, MemoryPresenceStore, MemoryTokenStore, MemoryUserStore,
+    MemoryChatStore, MemoryModelStore, MemoryPresenceStore, MemoryTokenStore, MemoryUserStore,
 };
 use crate::store::redis::{
-    RedisBackend, RedisModelStore, RedisPresenceStore, RedisTokenStore, RedisUserStore,
+    RedisBackend, RedisChatStore, RedisModelStore, RedisPresenceStore, RedisTokenStore,
+    RedisUserStore,
 };
 
 /// A node that failed to start.
@@ -98,6 +103,7 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
             users: Arc::new(MemoryUserStore::default()),
             models: Arc::new(MemoryModelStore::default()),
             presence: Arc::new(MemoryPresenceStore::default()),
+            chat: Arc::new(MemoryChatStore::default()),
         },
         Some(url) => {
             let backend = RedisBackend::new(url, &cfg.prefix, metrics.clone())
@@ -112,7 +118,8 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
                 )))),
                 users: Arc::new(RedisUserStore(backend.clone())),
                 models: Arc::new(RedisModelStore(backend.clone())),
-                presence: Arc::new(RedisPresenceStore(backend)),
+                presence: Arc::new(RedisPresenceStore(backend.clone())),
+                chat: Arc::new(RedisChatStore(backend)),
             }
         }
     };
@@ -147,12 +154,27 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
             delivery::deliver_remote_to_ws(&state, broadcast);
         }));
     }
+    let ns_error = |ns: &str, err: fanout_adapter::Error| {
+        StartError::Backend(format!("namespace {ns}: {err}"))
+    };
     io.ns(
         pubsub::NAMESPACE,
         pubsub::on_connect.with(pubsub::on_connect_middleware),
     )
     .await
-    .map_err(|err| StartError::Backend(format!("namespace {}: {err}", pubsub::NAMESPACE)))?;
+    .map_err(|err| ns_error(pubsub::NAMESPACE, err))?;
+    io.ns(
+        chat::NAMESPACE,
+        chat::on_connect.with(chat::on_connect_middleware),
+    )
+    .await
+    .map_err(|err| ns_error(chat::NAMESPACE, err))?;
+    io.ns(
+        stream::NAMESPACE,
+        stream::on_connect.with(stream::on_connect_middleware),
+    )
+    .await
+    .map_err(|err| ns_error(stream::NAMESPACE, err))?;
 
     let events = state
         .bus
@@ -164,6 +186,11 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         .subscribe(&keys::revocations_channel(&cfg.prefix))
         .await?;
     tokio::spawn(events::run_revocations_listener(state.clone(), revocations));
+    let items = state
+        .bus
+        .subscribe(&keys::stream_channel(&cfg.prefix))
+        .await?;
+    tokio::spawn(stream::run_listener(state.clone(), items));
 
     let router = http::router(state.clone()).layer(sio_layer);
     let router = http::outer_layers(router, &state);

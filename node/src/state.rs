@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::connections::ConnRegistry;
 use crate::methods::MethodRegistry;
 use crate::metrics::Metrics;
-use crate::store::{ModelStore, PresenceStore, TokenStore, UserStore};
+use crate::store::{ChatStore, ModelStore, PresenceStore, TokenStore, UserStore};
 
 /// The socketioxide adapter type of every namespace: one concrete type in both modes
 /// (`FanoutAdapterCtr::local()` embedded, `FanoutAdapterCtr::redis(…)` in a cluster), so
@@ -32,6 +32,8 @@ pub struct Stores {
     pub models: Arc<dyn ModelStore>,
     /// Topic presence.
     pub presence: Arc<dyn PresenceStore>,
+    /// `/chat` seats.
+    pub chat: Arc<dyn ChatStore>,
 }
 
 /// Whether the node should receive traffic: not draining and its backend reachable.

@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(models::models_delete),
         )
         .route("/api/publish", post(publish::publish_post))
+        .route("/api/stream", post(publish::stream_post))
         .route("/ws", get(crate::ws::ws_upgrade))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -1,4 +1,5 @@
-//! `POST /api/publish { topic, data }` → 202: the same publish path as a client's `publish`.
+//! `POST /api/publish { topic, data }` → 202: the same publish path as a client's `publish`;
+//! `POST /api/stream { name, screen_name, text, user_profile_image }` → 202: a `/stream` item.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -22,5 +23,16 @@ pub async fn publish_post(
     let (topic, data) = publish_request(&body)?;
     authorize_publish(&session, &topic)?;
     delivery::publish(&state, &topic, data, PublishSource::Rest).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "ok": true }))))
+}
+
+/// Publishes a stream item to every node's `/stream` sockets.
+pub async fn stream_post(
+    State(state): State<AppState>,
+    _auth: Authed,
+    AppJson(item): AppJson<crate::stream::StreamItem>,
+) -> Result<impl IntoResponse, AppError> {
+    item.validate()?;
+    crate::stream::publish_item(&state, &item).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(json!({ "ok": true }))))
 }

@@ -52,6 +52,21 @@ pub fn node_alive(prefix: &str, node_id: &str) -> String {
     format!("{prefix}:node:{node_id}")
 }
 
+/// `<prefix>:chat:<room>` → hash connection key → member JSON (`/chat` seats).
+pub fn chat_room(prefix: &str, room: &str) -> String {
+    format!("{prefix}:chat:{room}")
+}
+
+/// `<prefix>:chat-order:<room>` → counter ordering the seats of a room.
+pub fn chat_order(prefix: &str, room: &str) -> String {
+    format!("{prefix}:chat-order:{room}")
+}
+
+/// `<prefix>:stream`: the stream items channel (`/stream` namespace).
+pub fn stream_channel(prefix: &str) -> String {
+    format!("{prefix}:stream")
+}
+
 /// `<prefix>:events`: the events channel (topic and model events from any producer).
 pub fn events_channel(prefix: &str) -> String {
     format!("{prefix}:events")

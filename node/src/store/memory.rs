@@ -9,8 +9,9 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::{
-    ConnKey, ModelStore, NewUser, PresenceStore, Record, StoreError, StoreResult, TokenHash,
-    TokenRecord, TokenStore, User, UserId, UserStore, merge_record,
+    ChatMember, ChatStore, ConnKey, ModelStore, NewUser, PresenceStore, Record, SeatClaim,
+    StoreError, StoreResult, TokenHash, TokenRecord, TokenStore, User, UserId, UserStore,
+    merge_record,
 };
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (the maps stay
@@ -279,6 +280,46 @@ impl PresenceStore for MemoryPresenceStore {
     }
 }
 
+/// `/chat` seats in memory.
+#[derive(Default)]
+pub struct MemoryChatStore {
+    rooms: Mutex<HashMap<String, Vec<ChatMember>>>,
+}
+
+#[async_trait]
+impl ChatStore for MemoryChatStore {
+    async fn claim_seat(
+        &self,
+        room: &str,
+        member: &ChatMember,
+        capacity: u32,
+    ) -> StoreResult<SeatClaim> {
+        let mut rooms = lock(&self.rooms);
+        let members = rooms.entry(room.to_string()).or_default();
+        members.retain(|m| m.conn != member.conn);
+        if members.len() >= capacity as usize {
+            return Ok(SeatClaim::Full);
+        }
+        members.push(member.clone());
+        Ok(SeatClaim::Claimed(members.clone()))
+    }
+
+    async fn release_seat(&self, room: &str, conn: &ConnKey) -> StoreResult<()> {
+        let mut rooms = lock(&self.rooms);
+        if let Some(members) = rooms.get_mut(room) {
+            members.retain(|m| &m.conn != conn);
+            if members.is_empty() {
+                rooms.remove(room);
+            }
+        }
+        Ok(())
+    }
+
+    async fn members(&self, room: &str) -> StoreResult<Vec<ChatMember>> {
+        Ok(lock(&self.rooms).get(room).cloned().unwrap_or_default())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,6 +412,31 @@ mod tests {
         assert_eq!(store.delete("Order", 2).await.unwrap()["id"], 2);
         assert_eq!(store.list("Order", 10).await.unwrap().len(), 1);
         assert!(store.list("Other", 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn chat_seats_are_capped() {
+        let store = MemoryChatStore::default();
+        let member = |c: &str| ChatMember {
+            conn: ConnKey(c.into()),
+            user: c.into(),
+            avatar: String::new(),
+        };
+        assert!(
+            matches!(store.claim_seat("r", &member("a"), 2).await.unwrap(), SeatClaim::Claimed(m) if m.len() == 1)
+        );
+        assert!(
+            matches!(store.claim_seat("r", &member("b"), 2).await.unwrap(), SeatClaim::Claimed(m) if m.len() == 2)
+        );
+        assert_eq!(
+            store.claim_seat("r", &member("c"), 2).await.unwrap(),
+            SeatClaim::Full
+        );
+        store.release_seat("r", &ConnKey("a".into())).await.unwrap();
+        assert!(
+            matches!(store.claim_seat("r", &member("c"), 2).await.unwrap(), SeatClaim::Claimed(m) if m[1].user == "c")
+        );
+        assert_eq!(store.members("r").await.unwrap().len(), 2);
     }
 
     #[tokio::test]

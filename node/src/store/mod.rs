@@ -179,7 +179,8 @@ pub trait ModelStore: Send + Sync {
 }
 
 /// Identifies one subscription holder (a Socket.IO socket or a `/ws` connection) cluster-wide.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct ConnKey(pub String);
 
 /// Which users are subscribed to which topics, across the cluster (the `presence` method).
@@ -191,6 +192,42 @@ pub trait PresenceStore: Send + Sync {
     async fn leave(&self, topic: &str, conn: &ConnKey) -> StoreResult<()>;
     /// Distinct user ids subscribed to `topic`, sorted.
     async fn members(&self, topic: &str) -> StoreResult<Vec<UserId>>;
+}
+
+/// A person sitting in a `/chat` room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMember {
+    /// The seat holder's connection (`<node>/sio/<sid>`): cluster-unique, names its node.
+    pub conn: ConnKey,
+    /// Display name.
+    pub user: String,
+    /// Gravatar URL.
+    pub avatar: String,
+}
+
+/// Outcome of a seat claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeatClaim {
+    /// The seat is taken; the room's members now, the claimer last.
+    Claimed(Vec<ChatMember>),
+    /// The room was full.
+    Full,
+}
+
+/// `/chat` room seats, claimed atomically cluster-wide; seats of a dead node do not count.
+#[async_trait]
+pub trait ChatStore: Send + Sync {
+    /// Takes a seat in `room` unless it already holds `capacity` members.
+    async fn claim_seat(
+        &self,
+        room: &str,
+        member: &ChatMember,
+        capacity: u32,
+    ) -> StoreResult<SeatClaim>;
+    /// Frees the seat of `conn` in `room`.
+    async fn release_seat(&self, room: &str, conn: &ConnKey) -> StoreResult<()>;
+    /// The members of `room`, in the order they sat down.
+    async fn members(&self, room: &str) -> StoreResult<Vec<ChatMember>>;
 }
 
 /// Merges `patch` into `record`, keeping `id` as the store set it.

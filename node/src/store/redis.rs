@@ -12,8 +12,9 @@ use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime, Timeouts
 use tokio::time::Instant;
 
 use super::{
-    ConnKey, ModelStore, NewUser, PresenceStore, Record, StoreError, StoreResult, TokenHash,
-    TokenRecord, TokenStore, User, UserId, UserStore, keys, merge_record,
+    ChatMember, ChatStore, ConnKey, ModelStore, NewUser, PresenceStore, Record, SeatClaim,
+    StoreError, StoreResult, TokenHash, TokenRecord, TokenStore, User, UserId, UserStore, keys,
+    merge_record,
 };
 use crate::metrics::Metrics;
 
@@ -542,5 +543,116 @@ impl PresenceStore for RedisPresenceStore {
                 Ok(users.into_iter().collect())
             })
             .await
+    }
+}
+
+/// `/chat` seats: `<prefix>:chat:<room>` hash, field = connection key (`<node>/sio/<sid>`),
+/// value = `<order>|<member json>`. The claim is one Lua script: seats whose node heartbeat
+/// key (`<prefix>:node:<id>`) expired are removed first, then the seat is taken only while the
+/// room holds fewer than `capacity` — never check-then-act across round trips.
+pub struct RedisChatStore(pub RedisBackend);
+
+/// KEYS: room hash, order counter. ARGV: node-key prefix, field, member json, capacity.
+/// Returns the room's entries after the claim, or `false` when full.
+const CLAIM_SEAT: &str = r#"
+local entries = redis.call('HGETALL', KEYS[1])
+local alive = 0
+for i = 1, #entries, 2 do
+  local field = entries[i]
+  local node = string.match(field, '^([^/]*)/')
+  if field ~= ARGV[2] and node and redis.call('EXISTS', ARGV[1] .. node) == 0 then
+    redis.call('HDEL', KEYS[1], field)
+  elseif field ~= ARGV[2] then
+    alive = alive + 1
+  end
+end
+if alive >= tonumber(ARGV[4]) then return false end
+local order = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], ARGV[2], string.format('%020d', order) .. '|' .. ARGV[3])
+return redis.call('HVALS', KEYS[1])
+"#;
+
+fn decode_members(values: Vec<String>) -> StoreResult<Vec<ChatMember>> {
+    let mut values = values;
+    values.sort();
+    values
+        .iter()
+        .map(|value| {
+            let json = value.split_once('|').map(|(_, json)| json).unwrap_or(value);
+            decode("chat member", json)
+        })
+        .collect()
+}
+
+#[async_trait]
+impl ChatStore for RedisChatStore {
+    async fn claim_seat(
+        &self,
+        room: &str,
+        member: &ChatMember,
+        capacity: u32,
+    ) -> StoreResult<SeatClaim> {
+        let prefix = self.0.prefix().to_string();
+        let (hash, order) = (
+            keys::chat_room(&prefix, room),
+            keys::chat_order(&prefix, room),
+        );
+        let node_prefix = keys::node_alive(&prefix, "");
+        let (field, json) = (member.conn.0.clone(), encode(member)?);
+        let values: Option<Vec<String>> = self
+            .0
+            .run("chat_claim", |mut conn| async move {
+                Script::new(CLAIM_SEAT)
+                    .key(&hash)
+                    .key(&order)
+                    .arg(&node_prefix)
+                    .arg(&field)
+                    .arg(&json)
+                    .arg(capacity)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        match values {
+            Some(values) => Ok(SeatClaim::Claimed(decode_members(values)?)),
+            None => Ok(SeatClaim::Full),
+        }
+    }
+
+    async fn release_seat(&self, room: &str, conn: &ConnKey) -> StoreResult<()> {
+        let hash = keys::chat_room(self.0.prefix(), room);
+        let field = conn.0.clone();
+        self.0
+            .run("chat_release", |mut c| async move {
+                c.hdel::<_, _, ()>(&hash, &field).await.map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn members(&self, room: &str) -> StoreResult<Vec<ChatMember>> {
+        let hash = keys::chat_room(self.0.prefix(), room);
+        let prefix = self.0.prefix().to_string();
+        let entries: Vec<(String, String)> = self
+            .0
+            .run("chat_members", |mut c| async move {
+                c.hgetall(&hash).await.map_err(unavailable)
+            })
+            .await?;
+        let mut live = Vec::new();
+        for (field, value) in entries {
+            let node = node_of(&field).to_string();
+            let key = keys::node_alive(&prefix, &node);
+            let alive: bool = self
+                .0
+                .run("chat_node_alive", |mut c| async move {
+                    c.exists(&key).await.map_err(unavailable)
+                })
+                .await?;
+            if alive {
+                live.push(value);
+            }
+        }
+        decode_members(live)
     }
 }

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Node.js interop suite for fanout-adapter.
+#   npm ci -> cargo build (example interop_server) -> redis-server on a free port ->
+#   Rust server on a free port -> node --test -> cleanup by PID.
+# Logs: adapter/interop/redis.log, adapter/interop/rust-server.log.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+cd "$HERE"
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "redis-server not found: install it with 'apt-get install -y redis-server'" >&2
+  exit 1
+fi
+
+npm ci --no-audit --no-fund --loglevel=error
+
+(cd "$ROOT" && cargo build -p fanout-adapter --example interop_server)
+TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
+  | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).target_directory))')"
+BIN="$TARGET_DIR/debug/examples/interop_server"
+
+free_port() {
+  node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
+}
+REDIS_PORT="$(free_port)"
+RUST_PORT="$(free_port)"
+
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT INT TERM
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+  >"$HERE/redis.log" 2>&1 &
+PIDS+=("$!")
+for _ in $(seq 1 100); do
+  redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+redis-cli -p "$REDIS_PORT" ping >/dev/null
+
+PORT="$RUST_PORT" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" RUST_LOG="${RUST_LOG:-info}" \
+  "$BIN" >"$HERE/rust-server.log" 2>&1 &
+PIDS+=("$!")
+for _ in $(seq 1 300); do
+  grep -q "listening on" "$HERE/rust-server.log" 2>/dev/null && break
+  sleep 0.1
+done
+if ! grep -q "listening on" "$HERE/rust-server.log"; then
+  echo "Rust interop server did not start; log:" >&2
+  cat "$HERE/rust-server.log" >&2
+  exit 1
+fi
+
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT" RUST_PORT="$RUST_PORT" \
+  timeout 180 node --test --test-reporter=spec --test-timeout=20000 test/
