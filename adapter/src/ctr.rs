@@ -96,11 +96,13 @@ impl FanoutAdapterCtr {
     /// reconnecting with backoff and resubscribing everything.
     pub async fn redis(config: RedisAdapterConfig) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
-        let metrics = match &config.registry {
-            Some(registry) => Metrics::new(registry)?,
-            None => Metrics::unregistered()?,
-        };
+        let metrics = Metrics::unregistered()?;
         let driver = RedisDriver::connect(config.driver_config(), metrics.clone()).await?;
+        // Registered only once connected, so a caller may retry a failed start with the same
+        // registry.
+        if let Some(registry) = &config.registry {
+            metrics.register(registry)?;
+        }
         Ok(Self::from_parts(Driver::Redis(driver), config, metrics))
     }
 

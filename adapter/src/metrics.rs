@@ -60,17 +60,23 @@ impl Metrics {
     /// Create the metrics and register them into `registry`.
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         let m = Self::unregistered()?;
-        registry.register(Box::new(m.requests_sent.clone()))?;
-        registry.register(Box::new(m.request_timeouts.clone()))?;
-        registry.register(Box::new(m.requests_failed.clone()))?;
-        registry.register(Box::new(m.messages_received.clone()))?;
-        registry.register(Box::new(m.malformed.clone()))?;
-        registry.register(Box::new(m.dropped.clone()))?;
-        registry.register(Box::new(m.publish_errors.clone()))?;
-        registry.register(Box::new(m.reconnects.clone()))?;
-        registry.register(Box::new(m.subscriptions_live.clone()))?;
-        registry.register(Box::new(m.unmappable_sockets.clone()))?;
+        m.register(registry)?;
         Ok(m)
+    }
+
+    /// Registers these metrics into `registry`.
+    pub fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.requests_sent.clone()))?;
+        registry.register(Box::new(self.request_timeouts.clone()))?;
+        registry.register(Box::new(self.requests_failed.clone()))?;
+        registry.register(Box::new(self.messages_received.clone()))?;
+        registry.register(Box::new(self.malformed.clone()))?;
+        registry.register(Box::new(self.dropped.clone()))?;
+        registry.register(Box::new(self.publish_errors.clone()))?;
+        registry.register(Box::new(self.reconnects.clone()))?;
+        registry.register(Box::new(self.subscriptions_live.clone()))?;
+        registry.register(Box::new(self.unmappable_sockets.clone()))?;
+        Ok(())
     }
 
     /// Create the metrics without registering them anywhere.

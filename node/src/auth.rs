@@ -80,7 +80,19 @@ pub struct Credentials {
     /// The access token.
     pub token: Option<String>,
     /// The user the client claims to be (LoopBack form); must match the token's.
-    pub claimed_user: Option<UserId>,
+    pub claim: Claim,
+}
+
+/// The `userId` a client sent next to its token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Claim {
+    /// No `userId` (or `null`): the token alone decides.
+    #[default]
+    None,
+    /// A well-formed user id; it must be the token's user.
+    User(UserId),
+    /// A `userId` that cannot be any user's id (wrong type, negative, empty…): refused.
+    Invalid,
 }
 
 impl Credentials {
@@ -91,11 +103,11 @@ impl Credentials {
             .or_else(|| value.get("id"))
             .and_then(serde_json::Value::as_str)
             .map(str::to_owned);
-        let claimed_user = value.get("userId").and_then(UserId::from_json);
-        Credentials {
-            token,
-            claimed_user,
-        }
+        let claim = match value.get("userId") {
+            None | Some(serde_json::Value::Null) => Claim::None,
+            Some(raw) => UserId::from_json(raw).map_or(Claim::Invalid, Claim::User),
+        };
+        Credentials { token, claim }
     }
 
     /// True when the value carries a token field at all.
@@ -143,8 +155,16 @@ impl Authenticator {
 
     /// Checks client credentials.
     pub async fn check(&self, creds: &Credentials) -> Result<Session, AuthFailure> {
-        self.authenticate(creds.token.as_deref(), creds.claimed_user.as_ref())
-            .await
+        let claimed = match &creds.claim {
+            Claim::None => None,
+            Claim::User(user) => Some(user),
+            Claim::Invalid => {
+                // Still look the token up first, so a bad token is reported as such.
+                self.authenticate(creds.token.as_deref(), None).await?;
+                return Err(AuthFailure::UserMismatch);
+            }
+        };
+        self.authenticate(creds.token.as_deref(), claimed).await
     }
 
     /// Turns a raw token (and optionally the user it claims to belong to, as in the LoopBack
@@ -180,6 +200,7 @@ impl Authenticator {
 mod tests {
     use super::*;
     use crate::store::memory::MemoryTokenStore;
+    use serde_json::json;
 
     #[test]
     fn tokens_are_random_hex_and_hash_is_sha256() {
@@ -239,5 +260,13 @@ mod tests {
             auth.authenticate(Some(""), None).await,
             Err(AuthFailure::Missing)
         );
+        for bad_claim in [json!(-1), json!(1.5), json!(true), json!({"x": 1}), json!(["5"]), json!("")] {
+            let creds = Credentials::from_value(&json!({ "id": token, "userId": bad_claim }));
+            assert_eq!(auth.check(&creds).await, Err(AuthFailure::UserMismatch), "{bad_claim}");
+        }
+        let creds = Credentials::from_value(&json!({ "id": token, "userId": 5 }));
+        assert!(auth.check(&creds).await.is_ok());
+        let creds = Credentials::from_value(&json!({ "token": token, "userId": null }));
+        assert!(auth.check(&creds).await.is_ok());
     }
 }

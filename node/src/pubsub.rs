@@ -7,7 +7,9 @@
 //! Handlers are registered in the connect middleware, which completes before the CONNECT
 //! reply: events a client emits right after `connect` are never lost.
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
@@ -25,10 +27,31 @@ use crate::topics::Topic;
 /// The namespace path.
 pub const NAMESPACE: &str = "/";
 
+/// The topics a socket subscribed to (socket extension). Kept beside socketioxide's rooms
+/// because rooms may already be cleared when the disconnect handler runs, and presence must
+/// still be cleaned up then.
+type TopicSet = Arc<Mutex<BTreeSet<Topic>>>;
+
+fn topic_set(socket: &SocketRef<NodeAdapter>) -> TopicSet {
+    if let Some(set) = socket.extensions.get::<TopicSet>() {
+        return set;
+    }
+    let set = TopicSet::default();
+    socket.extensions.insert(set.clone());
+    set
+}
+
 /// A Socket.IO socket of namespace `/`, as topic subscriptions.
 struct SocketSubscriptions<'a> {
     socket: &'a SocketRef<NodeAdapter>,
     node_id: &'a str,
+    topics: TopicSet,
+}
+
+impl<'a> SocketSubscriptions<'a> {
+    fn new(socket: &'a SocketRef<NodeAdapter>, node_id: &'a str) -> Self {
+        Self { socket, node_id, topics: topic_set(socket) }
+    }
 }
 
 impl Subscriptions for SocketSubscriptions<'_> {
@@ -36,17 +59,15 @@ impl Subscriptions for SocketSubscriptions<'_> {
         conn_key(self.node_id, self.socket)
     }
     fn join(&self, topic: &Topic) {
+        self.topics.lock().unwrap_or_else(|p| p.into_inner()).insert(topic.clone());
         self.socket.join(topic.as_str().to_owned());
     }
     fn leave(&self, topic: &Topic) {
+        self.topics.lock().unwrap_or_else(|p| p.into_inner()).remove(topic);
         self.socket.leave(topic.as_str().to_owned());
     }
     fn topics(&self) -> Vec<Topic> {
-        self.socket
-            .rooms()
-            .iter()
-            .filter_map(|room| Topic::parse(room).ok())
-            .collect()
+        self.topics.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
 }
 
@@ -72,14 +93,8 @@ pub async fn on_connect_middleware(
     State(state): State<AppState>,
 ) -> Result<(), Unauthorized> {
     let auth = auth.unwrap_or(Value::Null);
-    let has_credentials = auth.get("token").is_some() || auth.get("id").is_some();
-    if has_credentials {
-        let creds = Credentials::from_value(&auth);
-        match state
-            .auth
-            .authenticate(creds.token.as_deref(), creds.claimed_user.as_ref())
-            .await
-        {
+    if Credentials::present_in(&auth) {
+        match state.auth.check(&Credentials::from_value(&auth)).await {
             Ok(session) => attach_session(&state, &socket, session),
             Err(failure) => {
                 state.metrics.auth_failed(failure.as_str());
@@ -88,6 +103,7 @@ pub async fn on_connect_middleware(
             }
         }
     }
+    socket.extensions.insert(TopicSet::default());
     socket.on_fallback(on_event);
     socket.on_disconnect(on_disconnect);
     Ok(())
@@ -162,10 +178,7 @@ async fn on_event(
             .ok();
         return;
     };
-    let conn = SocketSubscriptions {
-        socket: &socket,
-        node_id: &state.node_id,
-    };
+    let conn = SocketSubscriptions::new(&socket, &state.node_id);
     let reply = handle_request(&state, &session, &conn, &name, arg, PublishSource::Socket)
         .instrument(span)
         .await;
@@ -193,12 +206,7 @@ async fn on_authentication(
         ack.send(&body).ok();
         return;
     }
-    let creds = Credentials::from_value(arg);
-    match state
-        .auth
-        .authenticate(creds.token.as_deref(), creds.claimed_user.as_ref())
-        .await
-    {
+    match state.auth.check(&Credentials::from_value(arg)).await {
         Ok(session) => {
             let body = json!({ "userId": session.user_id });
             attach_session(state, socket, session);
@@ -235,10 +243,7 @@ async fn on_disconnect(
             .connections
             .unregister(&session.token_hash, &conn_key(&state.node_id, &socket));
     }
-    let conn = SocketSubscriptions {
-        socket: &socket,
-        node_id: &state.node_id,
-    };
+    let conn = SocketSubscriptions::new(&socket, &state.node_id);
     leave_all(&state, &conn).await;
 }
 
