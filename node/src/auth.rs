@@ -38,8 +38,20 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
+/// Password hashes computed at once. Each argon2id run takes ~19 MiB and a core for tens of
+/// milliseconds; bounding them keeps a login flood from exhausting memory or the blocking pool.
+static PASSWORD_HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+async fn hashing_permit() -> Result<tokio::sync::SemaphorePermit<'static>, AppError> {
+    PASSWORD_HASHING
+        .acquire()
+        .await
+        .map_err(|err| internal("password hashing semaphore closed", err))
+}
+
 /// Hashes a password with argon2id (default parameters) on the blocking pool.
 pub async fn hash_password(password: String) -> Result<String, AppError> {
+    let _permit = hashing_permit().await?;
     tokio::task::spawn_blocking(move || {
         let mut salt_bytes = [0u8; 16];
         rand::rng().fill_bytes(&mut salt_bytes);
@@ -55,6 +67,7 @@ pub async fn hash_password(password: String) -> Result<String, AppError> {
 
 /// Checks a password against an argon2 PHC string on the blocking pool.
 pub async fn verify_password(password: String, phc: String) -> Result<bool, AppError> {
+    let _permit = hashing_permit().await?;
     tokio::task::spawn_blocking(move || {
         let Ok(parsed) = PasswordHash::new(&phc) else {
             return Err("stored password hash does not parse");
@@ -260,9 +273,20 @@ mod tests {
             auth.authenticate(Some(""), None).await,
             Err(AuthFailure::Missing)
         );
-        for bad_claim in [json!(-1), json!(1.5), json!(true), json!({"x": 1}), json!(["5"]), json!("")] {
+        for bad_claim in [
+            json!(-1),
+            json!(1.5),
+            json!(true),
+            json!({"x": 1}),
+            json!(["5"]),
+            json!(""),
+        ] {
             let creds = Credentials::from_value(&json!({ "id": token, "userId": bad_claim }));
-            assert_eq!(auth.check(&creds).await, Err(AuthFailure::UserMismatch), "{bad_claim}");
+            assert_eq!(
+                auth.check(&creds).await,
+                Err(AuthFailure::UserMismatch),
+                "{bad_claim}"
+            );
         }
         let creds = Credentials::from_value(&json!({ "id": token, "userId": 5 }));
         assert!(auth.check(&creds).await.is_ok());
