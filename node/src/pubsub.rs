@@ -50,7 +50,11 @@ struct SocketSubscriptions<'a> {
 
 impl<'a> SocketSubscriptions<'a> {
     fn new(socket: &'a SocketRef<NodeAdapter>, node_id: &'a str) -> Self {
-        Self { socket, node_id, topics: topic_set(socket) }
+        Self {
+            socket,
+            node_id,
+            topics: topic_set(socket),
+        }
     }
 }
 
@@ -59,15 +63,26 @@ impl Subscriptions for SocketSubscriptions<'_> {
         conn_key(self.node_id, self.socket)
     }
     fn join(&self, topic: &Topic) {
-        self.topics.lock().unwrap_or_else(|p| p.into_inner()).insert(topic.clone());
+        self.topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.clone());
         self.socket.join(topic.as_str().to_owned());
     }
     fn leave(&self, topic: &Topic) {
-        self.topics.lock().unwrap_or_else(|p| p.into_inner()).remove(topic);
+        self.topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(topic);
         self.socket.leave(topic.as_str().to_owned());
     }
     fn topics(&self) -> Vec<Topic> {
-        self.topics.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+        self.topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
