@@ -16,7 +16,7 @@ fi
 
 npm ci --no-audit --no-fund --loglevel=error
 
-(cd "$ROOT" && cargo build -p fanout-adapter --example interop_server)
+(cd "$ROOT" && cargo build -p fanout-adapter --example interop_server && cargo build -p fanout-node)
 TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
   | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).target_directory))')"
 BIN="$TARGET_DIR/debug/examples/interop_server"
