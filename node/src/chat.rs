@@ -62,6 +62,13 @@ fn conn_key(state: &AppState, socket: &SocketRef<NodeAdapter>) -> ConnKey {
     ConnKey(format!("{}/sio/{}", state.node_id, socket.id))
 }
 
+/// Counts the local recipients of a room broadcast (remote ones are counted by their node).
+fn sent(state: &AppState, ops: &socketioxide::operators::BroadcastOperators<NodeAdapter>) {
+    state
+        .metrics
+        .events_sent(NAMESPACE, ops.clone().local().sockets().len() as u64);
+}
+
 fn send_error(state: &AppState, socket: &SocketRef<NodeAdapter>, err: &AppError) {
     state.metrics.bad_input("chat", err.code.as_str());
     socket.emit("error", &err.body()["error"]).ok();
@@ -177,6 +184,7 @@ async fn on_login(
         let users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
         let avatars: Vec<&str> = members.iter().map(|m| m.avatar.as_str()).collect();
         let start = json!({ "boolean": true, "id": room, "users": users, "avatars": avatars });
+        sent(&state, &socket.within(room.clone()));
         if let Err(err) = socket.within(room).emit("startChat", &start).await {
             tracing::warn!(%err, "startChat broadcast failed");
         }
@@ -204,6 +212,7 @@ async fn on_msg(
     }
     // The sender's name and picture come from its seat, not from the message: no spoofing.
     let body = json!({ "msg": text, "user": seat.user, "img": seat.avatar });
+    sent(&state, &socket.to(seat.room.clone()));
     if let Err(err) = socket.to(seat.room).emit("receive", &body).await {
         tracing::warn!(%err, "chat message broadcast failed");
     }
@@ -230,6 +239,7 @@ async fn on_disconnect(
     }
     let body =
         json!({ "boolean": true, "room": seat.room, "user": seat.user, "avatar": seat.avatar });
+    sent(&state, &socket.to(seat.room.clone()));
     if let Err(err) = socket.to(seat.room).emit("leave", &body).await {
         tracing::warn!(%err, "chat leave broadcast failed");
     }

@@ -54,28 +54,47 @@ pub async fn deliver_local(state: &AppState, topic: &Topic, data: &Value, receiv
 }
 
 /// A broadcast from another node (fanout or Node.js) was applied to this node's Socket.IO
-/// sockets; topic messages among them (namespace `/`, one room, event named after the room)
-/// go to the `/ws` subscribers too.
-pub fn deliver_remote_to_ws(state: &AppState, broadcast: &fanout_adapter::RemoteBroadcast) {
-    if broadcast.nsp != "/" || broadcast.opts.rooms.len() != 1 {
-        return;
-    }
-    let Some(event) = broadcast.event() else {
-        return;
-    };
-    if broadcast.opts.rooms[0] != event {
-        return;
-    }
+/// sockets: count what it delivered here, and hand topic messages among them (namespace `/`,
+/// one room, event named after the room) to the `/ws` subscribers too.
+pub fn on_remote_broadcast(state: &AppState, broadcast: &fanout_adapter::RemoteBroadcast) {
     let received = Instant::now();
+    let socket_io = local_room_size(state, &broadcast.nsp, &broadcast.opts.rooms);
+    state.metrics.events_sent(&broadcast.nsp, socket_io);
+    let topic = match (
+        broadcast.nsp.as_str(),
+        broadcast.opts.rooms.as_slice(),
+        broadcast.event(),
+    ) {
+        ("/", [room], Some(event)) if room == event => event,
+        _ => return,
+    };
     let data = broadcast
         .args_json()
         .into_iter()
         .next()
         .unwrap_or(Value::Null);
-    let ws = deliver_ws(state, event, &data);
-    if ws > 0 {
-        record(state, ws, received);
-    }
+    let ws = deliver_ws(state, topic, &data);
+    state.metrics.events_sent(crate::ws::NAMESPACE, ws);
+    state
+        .metrics
+        .topic_delivered(socket_io + ws, received.elapsed());
+}
+
+/// Local sockets of namespace `nsp` in any of `rooms` (all of the namespace when empty).
+pub fn local_room_size(state: &AppState, nsp: &str, rooms: &[impl AsRef<str>]) -> u64 {
+    let Some(ns) = state.io().of(nsp) else {
+        return 0;
+    };
+    let ops = ns.local();
+    let ops = if rooms.is_empty() {
+        ops
+    } else {
+        ops.to(rooms
+            .iter()
+            .map(|r| r.as_ref().to_owned())
+            .collect::<Vec<String>>())
+    };
+    ops.sockets().len() as u64
 }
 
 fn deliver_ws(state: &AppState, topic: &str, data: &Value) -> u64 {

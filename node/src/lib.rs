@@ -151,7 +151,7 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
     {
         let state = state.clone();
         adapter.set_remote_broadcast_hook(Arc::new(move |broadcast| {
-            delivery::deliver_remote_to_ws(&state, broadcast);
+            delivery::on_remote_broadcast(&state, broadcast);
         }));
     }
     let ns_error = |ns: &str, err: fanout_adapter::Error| {

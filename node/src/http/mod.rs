@@ -5,6 +5,7 @@
 pub mod extract;
 pub mod models;
 pub mod ops;
+pub mod pages;
 pub mod publish;
 pub mod users;
 
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .merge(pages::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.cfg.max_payload))

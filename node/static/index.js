@@ -1,0 +1,4 @@
+// Home page: navigation and the sign-in panel.
+'use strict';
+Fanout.nav('/');
+Fanout.authPanel(document.getElementById('auth'));
