@@ -143,6 +143,16 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
+    /// The error a client sees: `unavailable` when the store is down, else `unauthorized`.
+    pub fn to_app_error(self) -> AppError {
+        match self {
+            AuthFailure::Unavailable => {
+                AppError::new(Code::Unavailable, "authentication backend unavailable")
+            }
+            _ => AppError::unauthorized("invalid or expired access token"),
+        }
+    }
+
     /// Metric label.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -3,6 +3,9 @@
 //! and plain WebSocket connections implement [`Subscriptions`] and call [`handle_request`],
 //! so the rules live here once.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
 use serde_json::{Value, json};
 
 use crate::auth::Session;
@@ -13,6 +16,30 @@ use crate::metrics::PublishSource;
 use crate::state::AppState;
 use crate::store::ConnKey;
 use crate::topics::{Topic, authorize_publish, authorize_subscribe, topic_from_request};
+
+/// The topics one connection subscribed to, shared by the transport's handlers. Each
+/// transport keeps one beside its own delivery structure (socketioxide rooms, the `/ws` hub)
+/// so that cleanup on disconnect never depends on that structure still being intact.
+#[derive(Debug, Clone, Default)]
+pub struct TopicSet(Arc<Mutex<BTreeSet<Topic>>>);
+
+impl TopicSet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<Topic>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Adds a topic.
+    pub fn insert(&self, topic: &Topic) {
+        self.lock().insert(topic.clone());
+    }
+    /// Removes a topic.
+    pub fn remove(&self, topic: &Topic) {
+        self.lock().remove(topic);
+    }
+    /// The topics, sorted.
+    pub fn to_vec(&self) -> Vec<Topic> {
+        self.lock().iter().cloned().collect()
+    }
+}
 
 /// Most topics one connection may be subscribed to.
 pub const MAX_TOPICS_PER_CONNECTION: usize = 1024;

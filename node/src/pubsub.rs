@@ -7,17 +7,15 @@
 //! Handlers are registered in the connect middleware, which completes before the CONNECT
 //! reply: events a client emits right after `connect` are never lost.
 
-use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
 use tracing::Instrument;
 
-use crate::auth::{AuthFailure, Credentials, Session};
-use crate::client::{Subscriptions, handle_request, leave_all};
+use crate::auth::{Credentials, Session};
+use crate::client::{Subscriptions, TopicSet, handle_request, leave_all};
 use crate::error::AppError;
 use crate::metrics::PublishSource;
 use crate::state::{AppState, NodeAdapter};
@@ -27,11 +25,8 @@ use crate::topics::Topic;
 /// The namespace path.
 pub const NAMESPACE: &str = "/";
 
-/// The topics a socket subscribed to (socket extension). Kept beside socketioxide's rooms
-/// because rooms may already be cleared when the disconnect handler runs, and presence must
-/// still be cleaned up then.
-type TopicSet = Arc<Mutex<BTreeSet<Topic>>>;
-
+/// The topics a socket subscribed to (socket extension): socketioxide may clear the rooms
+/// before the disconnect handler runs, and presence must still be cleaned up then.
 fn topic_set(socket: &SocketRef<NodeAdapter>) -> TopicSet {
     if let Some(set) = socket.extensions.get::<TopicSet>() {
         return set;
@@ -63,26 +58,15 @@ impl Subscriptions for SocketSubscriptions<'_> {
         conn_key(self.node_id, self.socket)
     }
     fn join(&self, topic: &Topic) {
-        self.topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(topic.clone());
+        self.topics.insert(topic);
         self.socket.join(topic.as_str().to_owned());
     }
     fn leave(&self, topic: &Topic) {
-        self.topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(topic);
+        self.topics.remove(topic);
         self.socket.leave(topic.as_str().to_owned());
     }
     fn topics(&self) -> Vec<Topic> {
-        self.topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.topics.to_vec()
     }
 }
 
@@ -232,13 +216,11 @@ async fn on_authentication(
         Err(failure) => {
             state.metrics.auth_failed(failure.as_str());
             tracing::info!(reason = failure.as_str(), "authentication refused");
-            let message = match failure {
-                AuthFailure::Unavailable => "authentication backend unavailable",
-                _ => "invalid token",
-            };
-            let body = json!({ "message": message });
-            socket.emit("unauthorized", &body).ok();
-            ack.send(&AppError::unauthorized(message).body()).ok();
+            let err = failure.to_app_error();
+            socket
+                .emit("unauthorized", &json!({ "message": err.message }))
+                .ok();
+            ack.send(&err.body()).ok();
             socket.clone().disconnect().ok();
         }
     }

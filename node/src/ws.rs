@@ -9,7 +9,7 @@
 //! [`WsHub`] holds the local `/ws` subscriptions; [`crate::delivery`] feeds it for every topic
 //! message that reaches this node.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -23,8 +23,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::auth::{AuthFailure, Credentials, Session};
-use crate::client::{Subscriptions, handle_request, leave_all};
+use crate::auth::{Credentials, Session};
+use crate::client::{Subscriptions, TopicSet, handle_request, leave_all};
 use crate::error::AppError;
 use crate::metrics::PublishSource;
 use crate::state::AppState;
@@ -105,7 +105,7 @@ struct WsConn {
     key: ConnKey,
     state: AppState,
     tx: mpsc::Sender<Outbound>,
-    topics: Mutex<BTreeSet<Topic>>,
+    topics: TopicSet,
     session: Mutex<Option<Session>>,
 }
 
@@ -123,26 +123,15 @@ impl Subscriptions for WsConn {
         self.key.clone()
     }
     fn join(&self, topic: &Topic) {
-        self.topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(topic.clone());
+        self.topics.insert(topic);
         self.state.ws_hub.add(topic, self.id, self.tx.clone());
     }
     fn leave(&self, topic: &Topic) {
-        self.topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(topic);
+        self.topics.remove(topic);
         self.state.ws_hub.remove(topic, self.id);
     }
     fn topics(&self) -> Vec<Topic> {
-        self.topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.topics.to_vec()
     }
 }
 
@@ -163,7 +152,7 @@ async fn run_connection(state: AppState, socket: WebSocket) {
         key: ConnKey(format!("{}/ws/{id}", state.node_id)),
         state: state.clone(),
         tx,
-        topics: Mutex::new(BTreeSet::new()),
+        topics: TopicSet::default(),
         session: Mutex::new(None),
     });
     let span = tracing::info_span!("ws", conn = id, node = %state.node_id);
@@ -356,13 +345,7 @@ async fn authenticate(conn: &WsConn, data: &Value) -> Result<Session, AppError> 
         }
         Err(failure) => {
             state.metrics.auth_failed(failure.as_str());
-            Err(match failure {
-                AuthFailure::Unavailable => AppError::new(
-                    crate::error::Code::Unavailable,
-                    "authentication backend unavailable",
-                ),
-                _ => AppError::unauthorized("invalid token"),
-            })
+            Err(failure.to_app_error())
         }
     }
 }

@@ -49,12 +49,7 @@ impl FromRequestParts<AppState> for Authed {
             Ok(session) => Ok(Authed(session, token)),
             Err(failure) => {
                 state.metrics.auth_failed(failure.as_str());
-                Err(match failure {
-                    crate::auth::AuthFailure::Unavailable => {
-                        AppError::new(Code::Unavailable, "authentication backend unavailable")
-                    }
-                    _ => AppError::unauthorized("invalid or expired access token"),
-                })
+                Err(failure.to_app_error())
             }
         }
     }
