@@ -5,11 +5,6 @@ use fanout_node::config::{Config, LogFormat};
 use fanout_node::methods::MethodRegistry;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc returns freed memory to the OS and fragments less than glibc's per-thread arenas,
-/// which otherwise keep every blocking thread's argon2 buffers (19 MiB each) forever.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn init_tracing(cfg: &Config) {
     let filter = EnvFilter::try_new(&cfg.log).unwrap_or_else(|err| {
         eprintln!("invalid FANOUT_LOG {:?} ({err}); using \"info\"", cfg.log);
