@@ -1,7 +1,7 @@
 //! Credentials: access tokens (32 random bytes, hex, stored only as SHA-256), argon2id
 //! password hashes, and [`Session`], what an authenticated connection carries.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
 
 use argon2::Argon2;
@@ -38,21 +38,71 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-/// Password hashes computed at once. Each argon2id run takes ~19 MiB and a core for tens of
-/// milliseconds; bounding them keeps a login flood from exhausting memory or the blocking pool.
-static PASSWORD_HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// Threads that run argon2id. Each run takes ~19 MiB and a core for tens of milliseconds.
+/// A fixed pair of threads (instead of tokio's blocking pool, up to 512 threads) bounds both:
+/// glibc keeps a freed arena per thread that ever hashed, so the thread count is what the
+/// node's resident memory pays for logins.
+const HASH_THREADS: usize = 2;
+/// Hash jobs waiting for a thread; past this, logins get `unavailable` (a login flood).
+const HASH_QUEUE: usize = 256;
 
-async fn hashing_permit() -> Result<tokio::sync::SemaphorePermit<'static>, AppError> {
-    PASSWORD_HASHING
-        .acquire()
+type HashJob = Box<dyn FnOnce() + Send>;
+
+static HASH_POOL: LazyLock<Option<std::sync::mpsc::SyncSender<HashJob>>> = LazyLock::new(|| {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<HashJob>(HASH_QUEUE);
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    let mut started = 0;
+    for i in 0..HASH_THREADS {
+        let rx = rx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("argon2-{i}"))
+            .spawn(move || {
+                loop {
+                    // The lock is held only while waiting for the next job, not while hashing.
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => started += 1,
+            Err(err) => tracing::error!(%err, "cannot start a password hashing thread"),
+        }
+    }
+    (started > 0).then_some(tx)
+});
+
+/// Runs `job` on a hashing thread.
+async fn on_hash_thread<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AppError> {
+    let Some(pool) = HASH_POOL.as_ref() else {
+        return Err(internal(
+            "password hashing",
+            "no hashing thread could be started",
+        ));
+    };
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job: HashJob = Box::new(move || {
+        done.send(job()).ok();
+    });
+    pool.try_send(job).map_err(|_| {
+        tracing::warn!("password hashing queue full: login refused");
+        AppError::new(
+            Code::Unavailable,
+            "too many logins in progress, retry shortly",
+        )
+    })?;
+    result
         .await
-        .map_err(|err| internal("password hashing semaphore closed", err))
+        .map_err(|err| internal("password hashing thread", err))
 }
 
-/// Hashes a password with argon2id (default parameters) on the blocking pool.
+/// Hashes a password with argon2id (default parameters) on a hashing thread.
 pub async fn hash_password(password: String) -> Result<String, AppError> {
-    let _permit = hashing_permit().await?;
-    tokio::task::spawn_blocking(move || {
+    on_hash_thread(move || {
         let mut salt_bytes = [0u8; 16];
         rand::rng().fill_bytes(&mut salt_bytes);
         let salt = SaltString::encode_b64(&salt_bytes)?;
@@ -60,15 +110,13 @@ pub async fn hash_password(password: String) -> Result<String, AppError> {
             .hash_password(password.as_bytes(), &salt)
             .map(|hash| hash.to_string())
     })
-    .await
-    .map_err(|err| internal("password hashing task failed", err))?
+    .await?
     .map_err(|err| internal("password hashing failed", err))
 }
 
-/// Checks a password against an argon2 PHC string on the blocking pool.
+/// Checks a password against an argon2 PHC string on a hashing thread.
 pub async fn verify_password(password: String, phc: String) -> Result<bool, AppError> {
-    let _permit = hashing_permit().await?;
-    tokio::task::spawn_blocking(move || {
+    on_hash_thread(move || {
         let Ok(parsed) = PasswordHash::new(&phc) else {
             return Err("stored password hash does not parse");
         };
@@ -76,8 +124,7 @@ pub async fn verify_password(password: String, phc: String) -> Result<bool, AppE
             .verify_password(password.as_bytes(), &parsed)
             .is_ok())
     })
-    .await
-    .map_err(|err| internal("password check task failed", err))?
+    .await?
     .map_err(|err| internal("password check failed", err))
 }
 
