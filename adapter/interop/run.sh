@@ -61,4 +61,4 @@ if ! grep -q "listening on" "$HERE/rust-server.log"; then
 fi
 
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT" RUST_PORT="$RUST_PORT" \
-  timeout 180 node --test --test-reporter=spec --test-timeout=20000 test/
+  timeout 180 node --test --test-concurrency=1 --test-reporter=spec --test-timeout=20000 test/

@@ -20,6 +20,9 @@ const REDIS_URL = process.env.REDIS_URL;
 if (!REDIS_URL) throw new Error("REDIS_URL must be set (use adapter/interop/run.sh)");
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 const BIN = process.env.FANOUT_NODE_BIN || path.join(ROOT, "target", "debug", "fanout-node");
+// Its own adapter channel prefix, so this cluster never meets interop.test.mjs's servers on
+// the shared redis-server (their peer counts and broadcasts stay theirs).
+const KEY = "fanout-node-interop";
 
 let fanout; // { proc, url }
 let nodeIo;
@@ -40,7 +43,7 @@ async function freePort() {
 before(async () => {
   const port = await freePort();
   const proc = spawn(BIN, ["--bind", `127.0.0.1:${port}`, "--node-id", "fanout-interop"], {
-    env: { ...process.env, FANOUT_REDIS_URL: REDIS_URL, FANOUT_LOG: "warn" },
+    env: { ...process.env, FANOUT_REDIS_URL: REDIS_URL, FANOUT_ADAPTER_KEY: KEY, FANOUT_PREFIX: KEY, FANOUT_LOG: "warn" },
     stdio: "ignore",
   });
   fanout = { proc, url: `http://127.0.0.1:${port}` };
@@ -60,13 +63,13 @@ before(async () => {
   redisClients.push(pub, sub, em);
   await Promise.all(redisClients.map((c) => c.connect()));
   httpServer = createServer();
-  nodeIo = new Server(httpServer, { adapter: createAdapter(pub, sub, { requestsTimeout: 2000 }) });
+  nodeIo = new Server(httpServer, { adapter: createAdapter(pub, sub, { key: KEY, requestsTimeout: 2000 }) });
   nodeIo.on("connection", (socket) => {
     for (const room of socket.handshake.auth?.rooms ?? []) socket.join(room);
   });
   await new Promise((resolve) => httpServer.listen(0, "127.0.0.1", resolve));
   nodeUrl = `http://127.0.0.1:${httpServer.address().port}`;
-  emitter = new Emitter(em);
+  emitter = new Emitter(em, { key: KEY });
   await sleep(200);
 });
 
