@@ -191,16 +191,7 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
                     };
                     let rooms = vec![Room::from(room.clone())];
                     self.apply_rooms(Targets::Sids(vec![sid]), rooms, join);
-                    if let Some(request_id) = req.request_id.clone() {
-                        self.respond(
-                            remote,
-                            &req,
-                            WireResponse {
-                                request_id,
-                                ..Default::default()
-                            },
-                        );
-                    }
+                    self.ack_legacy(remote, &req);
                 } else {
                     missing("opts")
                 }
@@ -213,16 +204,7 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
                         return;
                     };
                     self.apply_disconnect(Targets::Sids(vec![sid]));
-                    if let Some(request_id) = req.request_id.clone() {
-                        self.respond(
-                            remote,
-                            &req,
-                            WireResponse {
-                                request_id,
-                                ..Default::default()
-                            },
-                        );
-                    }
+                    self.ack_legacy(remote, &req);
                 } else {
                     missing("opts")
                 }
@@ -416,6 +398,17 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
 
     fn respond(&self, remote: &RemoteNs, req: &WireRequest, res: WireResponse) {
         self.publish_response(self.response_channel(remote, req), res);
+    }
+
+    /// Legacy (≤7.x) single-socket requests expect an empty `{ requestId }` answer.
+    fn ack_legacy(&self, remote: &RemoteNs, req: &WireRequest) {
+        if let Some(request_id) = req.request_id.clone() {
+            let res = WireResponse {
+                request_id,
+                ..Default::default()
+            };
+            self.respond(remote, req, res);
+        }
     }
 
     fn publish_response(&self, channel: String, res: WireResponse) {

@@ -90,6 +90,12 @@ impl Metrics {
         )
         .unwrap_or_else(|err| panic!("metric fanout_build_info: {err}"));
         let build_info = register(&registry, "fanout_build_info", build_info);
+        // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total…: the
+        // standard process metrics (unprefixed, as every Prometheus client library names them).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .unwrap_or_else(|err| panic!("process metrics registration: {err}"));
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), node_id])
             .set(1);
@@ -351,7 +357,9 @@ mod tests {
         assert!(text.contains("fanout_delivery_latency_seconds_count 1"));
         assert!(text.contains("fanout_build_info{node=\"n1\""));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("fanout_"), "{line}");
+            assert!(line.starts_with("fanout_") || line.starts_with("process_"), "{line}");
         }
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("process_resident_memory_bytes "));
     }
 }

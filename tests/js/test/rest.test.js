@@ -157,8 +157,10 @@ describe('REST API', () => {
       assert.match(res.headers.get('content-type'), /^text\/plain/);
       const text0 = await res.text();
       for (const line of text0.split('\n')) {
-        if (line && !line.startsWith('#')) assert.ok(line.startsWith('fanout_'), line);
+        // fanout's own metrics, plus the standard process_* metrics (RSS, fds, CPU).
+        if (line && !line.startsWith('#')) assert.ok(/^(fanout_|process_)/.test(line), line);
       }
+      assert.match(text0, /^process_resident_memory_bytes \d+/m);
       assert.match(text0, /^fanout_build_info\{[^}]*node="rest-node"[^}]*\} 1$/m);
       const base = h.metricValue(text0, gauge) || 0;
       const sockets = [];
