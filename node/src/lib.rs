@@ -261,6 +261,11 @@ pub async fn serve(
     tracing::info!(node = %state.node_id, connections = tracker.len(), "draining");
     state.readiness.start_draining();
     let drain = async {
+        let pause = Duration::from_millis(cfg.drain_interval_ms);
+        let told = state.ws_hub.drain(cfg.drain_batch, pause).await;
+        if told > 0 {
+            tracing::info!(told, "drain: sent 1001 to /ws connections");
+        }
         let closed = tracker
             .drain(
                 cfg.drain_batch,

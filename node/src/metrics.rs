@@ -94,7 +94,9 @@ impl Metrics {
         // standard process metrics (unprefixed, as every Prometheus client library names them).
         #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
             .unwrap_or_else(|err| panic!("process metrics registration: {err}"));
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), node_id])
@@ -357,7 +359,10 @@ mod tests {
         assert!(text.contains("fanout_delivery_latency_seconds_count 1"));
         assert!(text.contains("fanout_build_info{node=\"n1\""));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("fanout_") || line.starts_with("process_"), "{line}");
+            assert!(
+                line.starts_with("fanout_") || line.starts_with("process_"),
+                "{line}"
+            );
         }
         #[cfg(target_os = "linux")]
         assert!(text.contains("process_resident_memory_bytes "));

@@ -45,6 +45,9 @@ mod close {
     pub const TOO_BIG: u16 = 1009;
 }
 
+/// Close reason sent while the node drains.
+const DRAINING: &str = "server draining";
+
 /// What the connection task writes.
 enum Outbound {
     Frame(Utf8Bytes),
@@ -56,6 +59,8 @@ enum Outbound {
 pub struct WsHub {
     next_id: AtomicU64,
     topics: RwLock<HashMap<String, HashMap<u64, mpsc::Sender<Outbound>>>>,
+    /// Every open `/ws` connection, so a drain can send each a 1001 close frame.
+    open: Mutex<HashMap<u64, mpsc::Sender<Outbound>>>,
 }
 
 impl WsHub {
@@ -76,6 +81,30 @@ impl WsHub {
                 topics.remove(topic.as_str());
             }
         }
+    }
+
+    fn open_conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Outbound>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends every open `/ws` connection a close frame 1001 ("server draining"), `batch` at a
+    /// time with `pause` between batches, so clients reconnect elsewhere gradually and see a
+    /// clean close instead of a dropped TCP connection. Returns how many were told.
+    pub async fn drain(&self, batch: usize, pause: std::time::Duration) -> usize {
+        let conns: Vec<mpsc::Sender<Outbound>> = self.open_conns().values().cloned().collect();
+        let mut told = 0;
+        for chunk in conns.chunks(batch.max(1)) {
+            for tx in chunk {
+                if tx
+                    .try_send(Outbound::Close(close::GOING_AWAY, DRAINING))
+                    .is_ok()
+                {
+                    told += 1;
+                }
+            }
+            tokio::time::sleep(pause).await;
+        }
+        told
     }
 
     /// Pushes `data` to every local `/ws` subscriber of `topic`; the frame is serialized once.
@@ -157,9 +186,11 @@ async fn run_connection(state: AppState, socket: WebSocket) {
     });
     let span = tracing::info_span!("ws", conn = id, node = %state.node_id);
     state.metrics.socket_connected(NAMESPACE);
+    state.ws_hub.open_conns().insert(id, conn.tx.clone());
     let reason = serve(&state, &conn, socket, &mut rx)
         .instrument(span.clone())
         .await;
+    state.ws_hub.open_conns().remove(&id);
     span.in_scope(|| tracing::debug!(reason, "closed"));
     state.metrics.socket_disconnected(NAMESPACE, reason);
     if let Some(session) = conn.session() {
@@ -248,6 +279,7 @@ async fn serve(
                 if let Some(reason) = end {
                     return match reason {
                         "token revoked" => "server_disconnect",
+                        DRAINING => "closing_server",
                         _ => "unauthorized",
                     };
                 }

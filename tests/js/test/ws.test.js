@@ -176,6 +176,23 @@ describe('/ws on one node', () => {
   });
 });
 
+describe('/ws during a graceful drain', () => {
+  it('SIGTERM sends every /ws connection a 1001 close in batches, then the node exits 0', async () => {
+    const node = await startNode({ args: ['--drain-batch', '2', '--drain-interval-ms', '50'] });
+    const u = await newUser(node.url, 'wsd');
+    const clients = [];
+    for (let i = 0; i < 5; i += 1) {
+      const c = await wsClient(node.url);
+      await c.request('authenticate', { token: u.token });
+      clients.push(c);
+    }
+    const stopped = node.stop('SIGTERM');
+    const closes = await Promise.all(clients.map((c) => c.closed));
+    for (const close of closes) assert.deepEqual(close, { code: 1001, reason: 'server draining' });
+    assert.equal(await stopped, 0);
+  });
+});
+
 async function emitWho(node, u) {
   const s = await connectAuthed(node.url, u.token);
   const who = await emitAck(s, 'whoami');
