@@ -35,6 +35,8 @@ use crate::topics::Topic;
 pub const NAMESPACE: &str = "/ws";
 /// Frames queued for one connection before pushes to it are dropped (slow consumer).
 pub const OUTBOUND_QUEUE: usize = 1024;
+/// Read buffer of a `/ws` connection (grows for larger frames, up to `FANOUT_MAX_PAYLOAD`).
+pub const READ_BUFFER: usize = 4096;
 /// Requests of one connection processed at once.
 pub const MAX_IN_FLIGHT: usize = 32;
 
@@ -170,6 +172,10 @@ pub async fn ws_upgrade(State(state): State<AppState>, upgrade: WebSocketUpgrade
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
+        // tungstenite's defaults (128 KiB read buffer, 128 KiB write batching) cost ~100 KB
+        // per idle connection; frames here are small JSON, and every push is flushed anyway.
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| run_connection(state, socket))
 }
 
