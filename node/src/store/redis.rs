@@ -518,32 +518,47 @@ impl PresenceStore for RedisPresenceStore {
     async fn members(&self, topic: &str) -> StoreResult<Vec<UserId>> {
         let key = keys::presence(self.0.prefix(), topic);
         let prefix = self.0.prefix().to_string();
-        self.0
+        let live = self
+            .0
             .run("presence_members", |mut c| async move {
-                let entries: Vec<(String, String)> = c.hgetall(&key).await.map_err(unavailable)?;
-                let nodes: BTreeSet<&str> = entries.iter().map(|(conn, _)| node_of(conn)).collect();
-                let mut alive = BTreeSet::new();
-                for node in nodes {
-                    let exists: bool = c
-                        .exists(keys::node_alive(&prefix, node))
-                        .await
-                        .map_err(unavailable)?;
-                    if exists {
-                        alive.insert(node.to_string());
-                    }
-                }
-                let mut users = BTreeSet::new();
-                for (conn, user) in &entries {
-                    if alive.contains(node_of(conn)) {
-                        users.insert(UserId::new(user.clone()));
-                    } else {
-                        c.hdel::<_, _, ()>(&key, conn).await.map_err(unavailable)?;
-                    }
-                }
-                Ok(users.into_iter().collect())
+                live_entries(&mut c, &prefix, &key).await
             })
-            .await
+            .await?;
+        let users: BTreeSet<UserId> = live
+            .into_iter()
+            .map(|(_, user)| UserId::new(user))
+            .collect();
+        Ok(users.into_iter().collect())
     }
+}
+
+/// The entries of a hash whose fields are connection keys (`<node>/<transport>/<id>`), minus
+/// those of nodes whose heartbeat key expired — which are deleted on the way, so a crashed
+/// node's presence and seats do not outlive it. One `EXISTS` per distinct node.
+async fn live_entries(
+    c: &mut deadpool_redis::Connection,
+    prefix: &str,
+    key: &str,
+) -> StoreResult<Vec<(String, String)>> {
+    let entries: Vec<(String, String)> = c.hgetall(key).await.map_err(unavailable)?;
+    let nodes: BTreeSet<&str> = entries.iter().map(|(conn, _)| node_of(conn)).collect();
+    let mut alive = BTreeSet::new();
+    for node in nodes {
+        let exists: bool = c
+            .exists(keys::node_alive(prefix, node))
+            .await
+            .map_err(unavailable)?;
+        if exists {
+            alive.insert(node.to_string());
+        }
+    }
+    let (live, dead): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .partition(|(conn, _)| alive.contains(node_of(conn)));
+    for (conn, _) in &dead {
+        c.hdel::<_, _, ()>(key, conn).await.map_err(unavailable)?;
+    }
+    Ok(live)
 }
 
 /// `/chat` seats: `<prefix>:chat:<room>` hash, field = connection key (`<node>/sio/<sid>`),
@@ -633,26 +648,12 @@ impl ChatStore for RedisChatStore {
     async fn members(&self, room: &str) -> StoreResult<Vec<ChatMember>> {
         let hash = keys::chat_room(self.0.prefix(), room);
         let prefix = self.0.prefix().to_string();
-        let entries: Vec<(String, String)> = self
+        let live = self
             .0
             .run("chat_members", |mut c| async move {
-                c.hgetall(&hash).await.map_err(unavailable)
+                live_entries(&mut c, &prefix, &hash).await
             })
             .await?;
-        let mut live = Vec::new();
-        for (field, value) in entries {
-            let node = node_of(&field).to_string();
-            let key = keys::node_alive(&prefix, &node);
-            let alive: bool = self
-                .0
-                .run("chat_node_alive", |mut c| async move {
-                    c.exists(&key).await.map_err(unavailable)
-                })
-                .await?;
-            if alive {
-                live.push(value);
-            }
-        }
-        decode_members(live)
+        decode_members(live.into_iter().map(|(_, value)| value).collect())
     }
 }

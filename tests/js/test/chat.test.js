@@ -3,7 +3,9 @@
 
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { startNode, connect, closeAll, once, collect, waitUntil, sleep } = require('../lib/node');
+const {
+  startNode, connect, connectAuthed, newUser, emitAck, subscribe, closeAll, once, collect, waitUntil, sleep,
+} = require('../lib/node');
 const { startRedis } = require('../lib/redis');
 
 const chat = (node) => connect(`${node.url}/chat`);
@@ -125,6 +127,14 @@ describe('/chat across 3 nodes', () => {
     const c = await chat(nodes[0]);
     login(c, 'c', room);
     assert.deepEqual(await once(c, 'tooMany'), { boolean: true });
+    // The victim also has a presence entry (namespace `/`), which must go with it.
+    const ghost = await newUser(nodes[0].url, 'ghost');
+    const watcher = await newUser(nodes[0].url, 'watcher');
+    await subscribe(await connectAuthed(victim.url, ghost.token), 'crash-presence');
+    const w = await connectAuthed(nodes[0].url, watcher.token);
+    await subscribe(w, 'crash-presence');
+    const presence = async () => (await emitAck(w, 'presence', { topic: 'crash-presence' })).result;
+    assert.deepEqual(await presence(), [ghost.userId, watcher.userId].sort((x, y) => x - y));
     await victim.stop('SIGKILL').catch(() => {});
     // Seats expire with the node heartbeat key (15 s).
     const deadline = Date.now() + 25_000;
@@ -137,5 +147,6 @@ describe('/chat across 3 nodes', () => {
       assert.ok(Date.now() < deadline, 'seats of the dead node were never freed');
       await sleep(1000);
     }
+    assert.deepEqual(await presence(), [watcher.userId], 'the dead node\'s presence is gone');
   });
 });
