@@ -10,7 +10,7 @@
 //!   and with [`Error::Timeout`] when a counted peer does not answer in time (never a
 //!   partial `Ok`).
 //!
-//! The receiving side lives in [`crate::remote`].
+//! The receiving side lives in `crate::remote`.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -40,6 +40,7 @@ use crate::error::Error;
 use crate::protocol::{
     BroadcastMessage, Channels, RequestType, SocketEntry, WireOpts, WireRequest, WireResponse,
 };
+use crate::sync::lock;
 
 /// Extra time the remote part of an ack stream waits after the ack timeout, for acks
 /// that were sent in time but are still in flight.
@@ -125,9 +126,7 @@ impl Drop for HandlerGuard<'_> {
 
 impl<E: SocketEmitter> FanoutAdapter<E> {
     fn remote_ns(&self) -> Result<&RemoteNs, Error> {
-        self.remote
-            .as_ref()
-            .ok_or(Error::Config("not in cluster mode".into()))
+        self.remote.as_ref().ok_or(Error::NotCluster)
     }
 
     /// True when an operation stays on this node (embedded mode, `local()` flag, or a
@@ -143,7 +142,7 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
     /// Publishes a request that expects no answer (2, 3, 4).
     async fn send_req(&self, req: WireRequest, kind: RequestType) -> Result<(), Error> {
         let remote = self.remote_ns()?;
-        let payload = req.encode().map_err(Error::Encode)?;
+        let payload = req.encode()?;
         self.publish(&remote.channels.request, payload)
             .await
             .inspect_err(|_| {
@@ -203,7 +202,7 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
             opts,
             ..Default::default()
         };
-        let payload = req.encode().map_err(Error::Encode)?;
+        let payload = req.encode()?;
         self.publish(&remote.channels.request, payload)
             .await
             .inspect_err(|_| metrics.request_failed(kind.label(), "publish"))?;
@@ -332,23 +331,19 @@ impl<E: SocketEmitter> CoreAdapter<E> for FanoutAdapter<E> {
         }
         let remote = self.remote_ns()?;
         // Encode before delivering locally (delivery consumes the packet).
-        let wire = opts_to_wire(&opts, true, None).map(|wire_opts| {
-            let parser = self.local.parser();
-            packet_to_wire(parser, &packet).and_then(|wire_packet| {
-                let channel = remote.channels.broadcast_channel(&wire_opts.rooms);
-                BroadcastMessage(remote.uid.clone(), wire_packet, wire_opts)
-                    .encode()
-                    .map(|bytes| (channel, bytes))
-                    .map_err(|e| e.to_string())
-            })
+        let wire = opts_to_wire(&opts, true, None).map(|wire_opts| -> Result<_, Error> {
+            let wire_packet = packet_to_wire(self.local.parser(), &packet)?;
+            let channel = remote.channels.broadcast_channel(&wire_opts.rooms);
+            let bytes = BroadcastMessage(remote.uid.clone(), wire_packet, wire_opts).encode()?;
+            Ok((channel, bytes))
         });
         // Local delivery never depends on Redis.
         let local_res = self.local.broadcast(packet, opts);
         match wire {
             Some(Ok((channel, bytes))) => self.publish(&channel, bytes).await?,
             Some(Err(e)) => {
-                tracing::warn!("broadcast not published, encode failed: {e}");
-                return Err(Error::Encode(e).into());
+                tracing::warn!("broadcast not published: {e}");
+                return Err(e.into());
             }
             None => {}
         }
@@ -540,7 +535,7 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
         ack_timeout: Duration,
     ) -> Result<FanoutAckStream<E>, Error> {
         let kind = RequestType::Broadcast;
-        let wire_packet = packet_to_wire(self.local.parser(), &packet).map_err(Error::Encode)?;
+        let wire_packet = packet_to_wire(self.local.parser(), &packet)?;
         let id = Sid::new();
         let req = WireRequest {
             uid: Some(remote.uid.clone()),
@@ -550,7 +545,7 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
             opts: wire_opts,
             ..Default::default()
         };
-        let payload = req.encode().map_err(Error::Encode)?;
+        let payload = req.encode()?;
         let (tx, rx) = mpsc::channel(self.ctr.inner.inbound_buffer + peers);
         lock(&remote.handlers).insert(id, tx);
         if let Err(e) = self.publish(&remote.channels.request, payload).await {
@@ -583,18 +578,10 @@ fn decode_reply<D>(reply: Reply) -> Result<Response<D>, Box<dyn std::error::Erro
     let r#type = match reply {
         Reply::AckCount(n) => ResponseType::BroadcastAckCount(n),
         Reply::Ack(value) => ResponseType::BroadcastAck((Sid::ZERO, Ok(value))),
-        Reply::Response(_) => {
-            return Err(Box::new(Error::Decode(
-                "unexpected response for an ack request".into(),
-            )));
-        }
+        Reply::Response(_) => return Err(Box::new(Error::UnexpectedResponse)),
     };
     Ok(Response {
         node_id: Uid::ZERO,
         r#type,
     })
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -5,6 +5,28 @@ use std::time::Duration;
 
 use crate::driver::DriverConfig;
 
+/// Why a [`RedisAdapterConfig`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `key` is empty.
+    #[error("key must not be empty")]
+    EmptyKey,
+    /// `inbound_buffer` is 0.
+    #[error("inbound_buffer must be > 0")]
+    ZeroInboundBuffer,
+    /// A timeout or interval is zero.
+    #[error("{0} must be > 0")]
+    ZeroDuration(&'static str),
+    /// The reconnect delays are not `0 < min <= max`.
+    #[error("reconnect delays must satisfy 0 < min <= max (min {min:?}, max {max:?})")]
+    ReconnectDelays {
+        /// `reconnect_min_delay`.
+        min: Duration,
+        /// `reconnect_max_delay`.
+        max: Duration,
+    },
+}
+
 /// Configuration of the Redis (cluster) mode.
 #[derive(Debug, Clone)]
 pub struct RedisAdapterConfig {
@@ -107,22 +129,28 @@ impl RedisAdapterConfig {
         self
     }
 
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.key.is_empty() {
-            return Err("key must not be empty".into());
+            return Err(ConfigError::EmptyKey);
         }
         if self.inbound_buffer == 0 {
-            return Err("inbound_buffer must be > 0".into());
+            return Err(ConfigError::ZeroInboundBuffer);
         }
-        if self.request_timeout.is_zero() || self.command_timeout.is_zero() {
-            return Err("timeouts must be > 0".into());
+        let timeouts = [
+            ("request_timeout", self.request_timeout),
+            ("command_timeout", self.command_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("health_check_interval", self.health_check_interval),
+        ];
+        if let Some((name, _)) = timeouts.iter().find(|(_, d)| d.is_zero()) {
+            return Err(ConfigError::ZeroDuration(name));
         }
         if self.reconnect_min_delay.is_zero() || self.reconnect_max_delay < self.reconnect_min_delay
         {
-            return Err("reconnect delays must satisfy 0 < min <= max".into());
-        }
-        if self.health_check_interval.is_zero() {
-            return Err("health_check_interval must be > 0".into());
+            return Err(ConfigError::ReconnectDelays {
+                min: self.reconnect_min_delay,
+                max: self.reconnect_max_delay,
+            });
         }
         Ok(())
     }

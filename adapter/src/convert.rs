@@ -13,15 +13,35 @@ use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use socketioxide_core::adapter::{BroadcastFlags, BroadcastOptions};
 use socketioxide_core::packet::{Packet, PacketData};
-use socketioxide_core::parser::Parse;
+use socketioxide_core::parser::{Parse, ParserError};
 use socketioxide_core::{Str, Value};
 
 use crate::protocol::{WireFlags, WireOpts, WirePacket};
 
 /// Socket.IO EVENT packet type.
-pub const EVENT: u8 = 2;
+const EVENT: u8 = 2;
 /// Socket.IO BINARY_EVENT packet type (accepted on receive, never sent).
-pub const BINARY_EVENT: u8 = 5;
+const BINARY_EVENT: u8 = 5;
+
+/// Why a payload could not be converted between socketioxide and the Node wire format.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    /// The namespace's parser refused the value.
+    #[error("parser refused the payload")]
+    Parser(#[from] ParserError),
+    /// Only EVENT packets travel between nodes.
+    #[error("only EVENT packets can be broadcast to Node peers")]
+    NotAnEvent,
+    /// A wire packet of a type other than EVENT / BINARY_EVENT.
+    #[error("unsupported packet type {0}")]
+    PacketType(u8),
+    /// The `data` of a wire packet is not a non-empty array.
+    #[error("packet data must be a non-empty array")]
+    EmptyData,
+    /// The first element of `data` is not a string.
+    #[error("event name must be a string")]
+    EventName,
+}
 
 /// Converts socketioxide broadcast options to Node `opts`.
 ///
@@ -229,24 +249,19 @@ pub fn packet_value(packet: &Packet) -> Option<&Value> {
 }
 
 /// socketioxide payload → `[event, ...args]` (binary attachments inlined).
-pub fn value_to_args(parser: impl Parse, value: &Value) -> Result<Vec<rmpv::Value>, String> {
+pub fn value_to_args(parser: impl Parse, value: &Value) -> Result<Vec<rmpv::Value>, ConvertError> {
     let mut value = value.clone();
-    parser
-        .decode_value::<ArgsIn>(&mut value, false)
-        .map(|a| a.0)
-        .map_err(|e| e.to_string())
+    Ok(parser.decode_value::<ArgsIn>(&mut value, false)?.0)
 }
 
 /// `[event, ...args]` → socketioxide payload value (binary becomes attachments).
-pub fn args_to_value(parser: impl Parse, args: &[rmpv::Value]) -> Result<Value, String> {
-    parser
-        .encode_value(&ArgsOut(args), None)
-        .map_err(|e| e.to_string())
+pub fn args_to_value(parser: impl Parse, args: &[rmpv::Value]) -> Result<Value, ConvertError> {
+    Ok(parser.encode_value(&ArgsOut(args), None)?)
 }
 
 /// socketioxide packet → Node packet `{type: 2, data, nsp}`.
-pub fn packet_to_wire(parser: impl Parse, packet: &Packet) -> Result<WirePacket, String> {
-    let value = packet_value(packet).ok_or("only EVENT packets can be broadcast to Node peers")?;
+pub fn packet_to_wire(parser: impl Parse, packet: &Packet) -> Result<WirePacket, ConvertError> {
+    let value = packet_value(packet).ok_or(ConvertError::NotAnEvent)?;
     let args = value_to_args(parser, value)?;
     Ok(WirePacket {
         kind: EVENT,
@@ -260,35 +275,30 @@ pub fn wire_to_packet(
     parser: impl Parse,
     packet: &WirePacket,
     nsp: &str,
-) -> Result<Packet, String> {
+) -> Result<Packet, ConvertError> {
     if packet.kind != EVENT && packet.kind != BINARY_EVENT {
-        return Err(format!("unsupported packet type {}", packet.kind));
+        return Err(ConvertError::PacketType(packet.kind));
     }
     let args = match &packet.data {
         rmpv::Value::Array(args) if !args.is_empty() => args,
-        _ => return Err("packet data must be a non-empty array".into()),
+        _ => return Err(ConvertError::EmptyData),
     };
     if !args[0].is_str() {
-        return Err("event name must be a string".into());
+        return Err(ConvertError::EventName);
     }
     let value = args_to_value(parser, args)?;
     Ok(Packet::event(Str::from(nsp.to_owned()), value))
 }
 
 /// socketioxide ack payload → the first ack argument Node sends in a type-9 response.
-pub fn ack_to_wire(parser: impl Parse, value: &Value) -> Result<rmpv::Value, String> {
+pub fn ack_to_wire(parser: impl Parse, value: &Value) -> Result<rmpv::Value, ConvertError> {
     let mut value = value.clone();
-    parser
-        .decode_value::<FirstArg>(&mut value, false)
-        .map(|a| a.0)
-        .map_err(|e| e.to_string())
+    Ok(parser.decode_value::<FirstArg>(&mut value, false)?.0)
 }
 
 /// Node's first ack argument → socketioxide ack payload (`[arg]`).
-pub fn wire_to_ack(parser: impl Parse, arg: &rmpv::Value) -> Result<Value, String> {
-    parser
-        .encode_value(&ArgsOut(std::slice::from_ref(arg)), None)
-        .map_err(|e| e.to_string())
+pub fn wire_to_ack(parser: impl Parse, arg: &rmpv::Value) -> Result<Value, ConvertError> {
+    Ok(parser.encode_value(&ArgsOut(std::slice::from_ref(arg)), None)?)
 }
 
 /// Converts an [`rmpv::Value`] to JSON (binary → array of numbers, like `Buffer.toJSON().data`;

@@ -95,7 +95,7 @@ impl FanoutAdapterCtr {
     /// an unreachable Redis is an error here), then keeps the subscriber connected,
     /// reconnecting with backoff and resubscribing everything.
     pub async fn redis(config: RedisAdapterConfig) -> Result<Self, Error> {
-        config.validate().map_err(Error::Config)?;
+        config.validate()?;
         let metrics = Metrics::unregistered()?;
         let driver = RedisDriver::connect(config.driver_config(), metrics.clone()).await?;
         // Registered only once connected, so a caller may retry a failed start with the same

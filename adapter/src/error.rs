@@ -1,9 +1,15 @@
 //! The crate error type.
 //!
 //! One enum for everything the adapter can report; it is boxed into socketioxide's
-//! [`AdapterError`] at the trait boundary (like socketioxide-redis does).
+//! [`AdapterError`] at the trait boundary (like socketioxide-redis does). Every variant
+//! that wraps another error keeps it as its `source()`; the message also names the
+//! immediate cause, because callers often print only `to_string()`.
 
 use socketioxide_core::adapter::errors::{AdapterError, BroadcastError};
+
+use crate::config::ConfigError;
+use crate::convert::ConvertError;
+use crate::protocol::EncodeError;
 
 /// Everything that can go wrong in the adapter.
 #[derive(Debug, thiserror::Error)]
@@ -27,21 +33,27 @@ pub enum Error {
         /// How many responses were expected.
         expected: usize,
     },
+    /// A cluster operation on an adapter built with `FanoutAdapterCtr::local()`.
+    #[error("not in cluster mode")]
+    NotCluster,
     /// A Redis command did not complete within its deadline.
     #[error("redis command timed out: {0}")]
     CommandTimeout(&'static str),
     /// A message could not be encoded for the wire.
-    #[error("encode error: {0}")]
-    Encode(String),
-    /// A message received from the wire could not be decoded.
-    #[error("decode error: {0}")]
-    Decode(String),
+    #[error("message not encodable: {0}")]
+    Encode(#[from] EncodeError),
+    /// A payload could not be converted between socketioxide and the wire format.
+    #[error("payload not convertible: {0}")]
+    Convert(#[from] ConvertError),
+    /// A peer answered an ack broadcast with a response of another kind.
+    #[error("unexpected response type for an ack broadcast")]
+    UnexpectedResponse,
     /// Registering the metrics failed (e.g. the names are already registered).
     #[error("metrics registration failed: {0}")]
     Metrics(#[from] prometheus::Error),
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
 }
 
 impl From<Error> for AdapterError {
@@ -54,4 +66,20 @@ impl From<Error> for BroadcastError {
     fn from(err: Error) -> Self {
         BroadcastError::Adapter(err.into())
     }
+}
+
+/// Formats an error with its chain of sources (`a: b: c`) for log lines, skipping a source
+/// whose message the previous one already ends with.
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let msg = e.to_string();
+        if !out.ends_with(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        source = e.source();
+    }
+    out
 }

@@ -18,28 +18,36 @@
 //! ```
 //!
 //! # Layout
-//! * [`adapter`] — [`FanoutAdapter`], the `CoreAdapter` impl (sending side), [`InitRes`].
-//! * [`remote`] — the receiving side: per-namespace receive loop, request handling.
-//! * [`ctr`] — [`FanoutAdapterCtr`] (the shared state: readiness, plain channels, hook).
-//! * [`config`] — [`RedisAdapterConfig`].
-//! * [`protocol`] — the Node wire format: channels, messages, encode/decode.
-//! * [`convert`] — socketioxide types ↔ wire types.
-//! * [`driver`] — Redis connections, reconnect/resubscribe, routing; local loopback.
-//! * [`metrics`] — `fanout_adapter_*` Prometheus metrics.
-//! * [`error`] — [`Error`].
+//! * `adapter` — [`FanoutAdapter`], the `CoreAdapter` impl (sending side), [`InitRes`].
+//! * `remote` — the receiving side: per-namespace receive loop, one `recv_*` function per
+//!   request type.
+//! * `ctr` — [`FanoutAdapterCtr`] (the shared state: readiness, plain channels, hook).
+//! * `config` — [`RedisAdapterConfig`].
+//! * [`protocol`] — the Node wire format: channels, messages, encode/decode (public: tools
+//!   and tests may read the traffic with it).
+//! * `convert` — socketioxide types ↔ wire types.
+//! * `driver` — routing table, embedded loopback, Redis connection, subscriber reader.
+//! * `metrics` — [`Metrics`], the `fanout_adapter_*` Prometheus metrics.
+//! * `error` — [`Error`].
 
-pub mod adapter;
-pub mod config;
-pub mod convert;
-pub mod ctr;
-pub(crate) mod driver;
-pub mod error;
-pub mod metrics;
+mod adapter;
+mod config;
+mod convert;
+mod ctr;
+mod driver;
+mod error;
+mod metrics;
 pub mod protocol;
-pub(crate) mod remote;
+mod remote;
+mod sync;
 
-pub use adapter::{FanoutAckStream, FanoutAdapter, InitRes};
-pub use config::RedisAdapterConfig;
+pub use adapter::{FanoutAckStream, FanoutAdapter, InitRes, Reply};
+pub use config::{ConfigError, RedisAdapterConfig};
+pub use convert::ConvertError;
 pub use ctr::{FanoutAdapterCtr, RemoteBroadcast, RemoteBroadcastHook};
 pub use error::Error;
 pub use metrics::Metrics;
+
+#[cfg(test)]
+#[path = "../tests/golden/mod.rs"]
+mod golden;

@@ -10,6 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::error::{Error, chain};
+
 /// How often (at most) a repeated warning of the same kind is logged.
 const LOG_EVERY_MS: u64 = 10_000;
 
@@ -136,10 +138,10 @@ impl Metrics {
     }
 
     /// A message could not be decoded; count it and log (rate-limited).
-    pub(crate) fn malformed(&self, kind: &'static str, channel: &str, err: &dyn std::fmt::Display) {
+    pub(crate) fn malformed(&self, kind: &'static str, channel: &str, err: &dyn std::error::Error) {
         self.malformed.with_label_values(&[kind]).inc();
         if self.should_log(LogKind::Malformed) {
-            tracing::warn!(kind, channel, "malformed message skipped: {err}");
+            tracing::warn!(kind, channel, "malformed message skipped: {}", chain(err));
         }
     }
 
@@ -156,17 +158,17 @@ impl Metrics {
     }
 
     /// A PUBLISH failed; count it and log (rate-limited).
-    pub(crate) fn publish_failed(&self, channel: &str, err: &dyn std::fmt::Display) {
+    pub(crate) fn publish_failed(&self, channel: &str, err: &Error) {
         self.publish_errors.inc();
         if self.should_log(LogKind::Publish) {
-            tracing::warn!(channel, "redis publish failed: {err}");
+            tracing::warn!(channel, "redis publish failed: {}", chain(err));
         }
     }
 
     /// A connection attempt failed; log (rate-limited).
-    pub(crate) fn connect_failed(&self, err: &dyn std::fmt::Display) {
+    pub(crate) fn connect_failed(&self, err: &Error) {
         if self.should_log(LogKind::Connection) {
-            tracing::warn!("redis subscriber connection failed: {err}");
+            tracing::warn!("redis subscriber connection failed: {}", chain(err));
         }
     }
 
@@ -239,8 +241,9 @@ mod tests {
     fn registers_and_counts() {
         let reg = Registry::new();
         let m = Metrics::new(&reg).unwrap();
-        m.malformed("broadcast", "c", &"boom");
-        m.malformed("request", "c", &"boom");
+        let boom = std::io::Error::other("boom");
+        m.malformed("broadcast", "c", &boom);
+        m.malformed("request", "c", &boom);
         m.dropped("request", "c");
         assert_eq!(Metrics::get(&m.malformed, &["broadcast"]), 1);
         assert_eq!(Metrics::sum(&m.malformed), 2);

@@ -298,15 +298,32 @@ fn nil() -> rmpv::Value {
 }
 
 /// Why a wire message could not be decoded.
-#[derive(Debug)]
-pub struct DecodeError(pub String);
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not valid msgpack (or nested deeper than [`MAX_DEPTH`]).
+    #[error("invalid msgpack")]
+    Msgpack(#[source] rmpv::decode::Error),
+    /// Valid msgpack followed by more bytes (notepack refuses these too).
+    #[error("{0} trailing bytes after msgpack value")]
+    TrailingBytes(usize),
+    /// Valid msgpack, but not the shape of the expected message.
+    #[error("wrong shape")]
+    Shape(#[source] rmpv::ext::Error),
+    /// Not valid JSON, or not the shape of the expected message.
+    #[error("invalid JSON")]
+    Json(#[source] serde_json::Error),
 }
-impl std::error::Error for DecodeError {}
+
+/// Why a message could not be encoded for the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// msgpack serialization failed.
+    #[error("msgpack encoding failed")]
+    Msgpack(#[from] rmp_serde::encode::Error),
+    /// JSON serialization failed.
+    #[error("JSON encoding failed")]
+    Json(#[from] serde_json::Error),
+}
 
 /// Encodes a value as notepack-style msgpack (maps with field names).
 pub fn encode_msgpack<T: Serialize>(value: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
@@ -322,12 +339,9 @@ pub fn encode_json<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error
 pub fn read_msgpack(bytes: &[u8]) -> Result<rmpv::Value, DecodeError> {
     let mut rd = bytes;
     let value = rmpv::decode::read_value_with_max_depth(&mut rd, MAX_DEPTH)
-        .map_err(|e| DecodeError(format!("invalid msgpack: {e}")))?;
+        .map_err(DecodeError::Msgpack)?;
     if !rd.is_empty() {
-        return Err(DecodeError(format!(
-            "{} trailing bytes after msgpack value",
-            rd.len()
-        )));
+        return Err(DecodeError::TrailingBytes(rd.len()));
     }
     Ok(value)
 }
@@ -335,12 +349,12 @@ pub fn read_msgpack(bytes: &[u8]) -> Result<rmpv::Value, DecodeError> {
 /// Decodes msgpack into `T` (via a depth-limited [`rmpv::Value`]).
 pub fn decode_msgpack<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeError> {
     let value = read_msgpack(bytes)?;
-    rmpv::ext::from_value(value).map_err(|e| DecodeError(format!("wrong shape: {e}")))
+    rmpv::ext::from_value(value).map_err(DecodeError::Shape)
 }
 
 /// Decodes JSON into `T` (serde_json limits nesting to 128).
 pub fn decode_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeError> {
-    serde_json::from_slice(bytes).map_err(|e| DecodeError(format!("invalid JSON: {e}")))
+    serde_json::from_slice(bytes).map_err(DecodeError::Json)
 }
 
 /// Decodes a request/response: JSON if the first byte is `{`, msgpack otherwise (Node's sniffing).
@@ -359,29 +373,29 @@ impl BroadcastMessage {
     }
 
     /// Encodes as Node does: msgpack array `[uid, packet, opts]`.
-    pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-        encode_msgpack(self)
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        Ok(encode_msgpack(self)?)
     }
 }
 
 impl WireRequest {
     /// Encodes: msgpack for type 7 (the packet may hold binary), JSON for the rest.
-    pub fn encode(&self) -> Result<Vec<u8>, String> {
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         if self.kind == RequestType::Broadcast as u8 {
-            encode_msgpack(self).map_err(|e| e.to_string())
+            Ok(encode_msgpack(self)?)
         } else {
-            encode_json(self).map_err(|e| e.to_string())
+            Ok(encode_json(self)?)
         }
     }
 }
 
 impl WireResponse {
     /// Encodes: msgpack for type 9 (the ack may hold binary), JSON for the rest.
-    pub fn encode(&self) -> Result<Vec<u8>, String> {
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         if self.kind == Some(RequestType::BroadcastAck as u8) {
-            encode_msgpack(self).map_err(|e| e.to_string())
+            Ok(encode_msgpack(self)?)
         } else {
-            encode_json(self).map_err(|e| e.to_string())
+            Ok(encode_json(self)?)
         }
     }
 }

@@ -3,14 +3,13 @@
 //! (`shared/reference/node-redis-adapter-golden/trace-classic.json`) and the worked example
 //! of the protocol notes (§5). Decoding must accept every captured message, and
 //! re-encoding what Node sent must give Node's bytes back.
-#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use std::path::PathBuf;
 
-use fanout_adapter::convert::{
+use crate::convert::{
     args_to_value, opts_to_wire, packet_to_wire, value_to_args, wire_to_ack, wire_to_packet,
 };
-use fanout_adapter::protocol::{
+use crate::protocol::{
     BroadcastMessage, Channels, RequestType, SocketEntry, WireRequest, WireResponse, decode_sniff,
 };
 use socketioxide_core::Value;
@@ -211,7 +210,7 @@ fn ack_broadcast_request_and_ack_response_decode() {
 }
 
 fn common_str(packet: &Packet) -> String {
-    match fanout_adapter::convert::packet_value(packet).unwrap() {
+    match crate::convert::packet_value(packet).unwrap() {
         Value::Str(s, _) => s.to_string(),
         Value::Bytes(_) => panic!("common parser gives strings"),
     }
@@ -276,7 +275,7 @@ fn binary_is_inline_and_roundtrips() {
         .unwrap();
     let msg = BroadcastMessage::decode(bytes).unwrap();
     let packet = wire_to_packet(CommonParser, &msg.1, "/").unwrap();
-    match fanout_adapter::convert::packet_value(&packet).unwrap() {
+    match crate::convert::packet_value(&packet).unwrap() {
         Value::Str(s, Some(bins)) => {
             assert_eq!(s.as_str(), r#"["hello",{"_placeholder":true,"num":0}]"#);
             assert_eq!(bins[0].as_ref(), &[1u8, 2]);
@@ -286,11 +285,7 @@ fn binary_is_inline_and_roundtrips() {
     // back to the wire: identical bytes
     let again = packet_to_wire(CommonParser, &packet).unwrap();
     assert_eq!(again, msg.1);
-    let args = value_to_args(
-        CommonParser,
-        fanout_adapter::convert::packet_value(&packet).unwrap(),
-    )
-    .unwrap();
+    let args = value_to_args(CommonParser, crate::convert::packet_value(&packet).unwrap()).unwrap();
     assert_eq!(args[1], rmpv::Value::Binary(vec![1, 2]));
     let value = args_to_value(CommonParser, &args).unwrap();
     assert!(matches!(value, Value::Str(_, Some(_))));

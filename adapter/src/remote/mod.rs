@@ -1,0 +1,432 @@
+//! The receiving side: one loop per namespace reads the namespace's bounded inbound queue
+//! and dispatches by channel ([`recv_broadcast`], [`recv_request`], [`recv_response`]);
+//! a request is decoded once into a typed [`Request`] and handed to the `recv_*` function
+//! of its type.
+//!
+//! A message that cannot be decoded, has the wrong shape or targets another namespace is
+//! counted and skipped; nothing here panics or ends the loop. Anything that needs Redis
+//! (publishing a response, waiting for client acks) runs in its own task so the loop
+//! never waits on the network.
+//!
+//! [`recv_broadcast`]: FanoutAdapter::recv_broadcast
+//! [`recv_request`]: FanoutAdapter::recv_request
+//! [`recv_response`]: FanoutAdapter::recv_response
+
+mod request;
+mod targets;
+
+use std::str::FromStr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use socketioxide_core::Sid;
+use socketioxide_core::adapter::{BroadcastFlags, BroadcastOptions, Room, SocketEmitter};
+use tokio::sync::mpsc;
+
+use crate::adapter::{FanoutAdapter, RemoteNs, Reply};
+use crate::convert::{ack_to_wire, wire_to_ack, wire_to_opts, wire_to_packet};
+use crate::ctr::RemoteBroadcast;
+use crate::driver::Inbound;
+use crate::metrics::Metrics;
+use crate::protocol::{
+    BroadcastMessage, RequestType, SocketEntry, WireOpts, WirePacket, WireRequest, WireResponse,
+    decode_sniff,
+};
+use crate::sync::lock;
+
+use request::{Request, RequestError, RequestKind, Selection};
+pub(crate) use targets::Targets;
+
+/// Reads the namespace queue until the adapter is dropped or closed.
+pub(crate) async fn recv_loop<E: SocketEmitter>(
+    adapter: Weak<FanoutAdapter<E>>,
+    mut rx: mpsc::Receiver<Inbound>,
+) {
+    while let Some(msg) = rx.recv().await {
+        let Some(adapter) = adapter.upgrade() else {
+            return;
+        };
+        adapter.recv(msg);
+    }
+}
+
+/// Where a request came from, for the answer.
+struct Origin<'a> {
+    remote: &'a RemoteNs,
+    /// Sender uid (absent for emitters).
+    uid: Option<&'a str>,
+}
+
+impl<E: SocketEmitter> FanoutAdapter<E> {
+    fn recv(self: &Arc<Self>, msg: Inbound) {
+        let Some(remote) = &self.remote else { return };
+        let ch = &remote.channels;
+        if msg.channel == ch.request {
+            self.recv_request(remote, &msg);
+        } else if msg.channel == ch.response || msg.channel == ch.own_response {
+            self.recv_response(remote, &msg);
+        } else if ch.is_broadcast(&msg.channel) {
+            self.recv_broadcast(remote, &msg);
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.ctr.inner.metrics
+    }
+
+    /// `[uid, packet, opts]` on `key#nsp#[room#]`.
+    fn recv_broadcast(&self, remote: &RemoteNs, msg: &Inbound) {
+        self.metrics().received("broadcast");
+        let BroadcastMessage(uid, wire_packet, opts) = match BroadcastMessage::decode(&msg.payload)
+        {
+            Ok(m) => m,
+            Err(e) => return self.metrics().malformed("broadcast", &msg.channel, &e),
+        };
+        if uid == remote.uid {
+            return;
+        }
+        let nsp = wire_packet.nsp.as_deref().unwrap_or("/");
+        if nsp != self.local.path().as_str() {
+            tracing::debug!(nsp, channel = %msg.channel, "broadcast for another namespace ignored");
+            return;
+        }
+        let packet = match wire_to_packet(self.local.parser(), &wire_packet, nsp) {
+            Ok(p) => p,
+            Err(e) => return self.metrics().malformed("broadcast", &msg.channel, &e),
+        };
+        let volatile = opts.flags.as_ref().and_then(|f| f.volatile) == Some(true);
+        let targets = self.resolve(&opts, volatile);
+        self.apply_broadcast(packet.clone(), targets, volatile);
+        self.ctr.call_hook(&RemoteBroadcast {
+            nsp: nsp.to_owned(),
+            opts: wire_to_opts(&opts, true),
+            packet,
+            data: into_args(wire_packet),
+            origin: uid,
+        });
+    }
+
+    /// A request on `key-request#nsp#`: decode, check, dispatch by type.
+    fn recv_request(self: &Arc<Self>, remote: &RemoteNs, msg: &Inbound) {
+        self.metrics().received("request");
+        let wire: WireRequest = match decode_sniff(&msg.payload) {
+            Ok(r) => r,
+            Err(e) => return self.metrics().malformed("request", &msg.channel, &e),
+        };
+        // Node applies join/leave/disconnect for its own uid too (it does not apply them
+        // locally when sending); we apply locally when sending, so our own are skipped.
+        if wire.uid.as_deref() == Some(remote.uid.as_str()) {
+            return;
+        }
+        let Request { uid, kind } = match Request::try_from(wire) {
+            Ok(r) => r,
+            Err(RequestError::ResponseType(t)) => {
+                return tracing::debug!("response type {t} on the request channel ignored");
+            }
+            Err(e) => return self.metrics().malformed("request", &msg.channel, &e),
+        };
+        let from = Origin {
+            remote,
+            uid: uid.as_deref(),
+        };
+        match kind {
+            RequestKind::Sockets { request_id, rooms } => {
+                self.recv_sockets(&from, request_id, rooms)
+            }
+            RequestKind::AllRooms { request_id } => self.recv_all_rooms(&from, request_id),
+            RequestKind::Rooms {
+                join,
+                selection,
+                rooms,
+            } => self.recv_rooms(&from, selection, rooms, join),
+            RequestKind::Disconnect { selection } => self.recv_disconnect(&from, selection),
+            RequestKind::Fetch { request_id, opts } => self.recv_fetch(&from, request_id, &opts),
+            RequestKind::ServerSideEmit { request_id } => {
+                self.recv_server_side_emit(remote, request_id)
+            }
+            RequestKind::BroadcastWithAck {
+                request_id,
+                packet,
+                opts,
+            } => self.recv_broadcast_with_ack(&from, request_id, packet, &opts, &msg.channel),
+        }
+    }
+
+    /// Type 0 (legacy `sockets()`): the ids of our sockets in `rooms`.
+    fn recv_sockets(&self, from: &Origin<'_>, request_id: String, rooms: Vec<String>) {
+        let opts = WireOpts {
+            rooms,
+            ..Default::default()
+        };
+        let sockets = self
+            .target_sids(self.resolve(&opts, false))
+            .into_iter()
+            .map(|sid| SocketEntry::Id(sid.to_string()))
+            .collect();
+        self.respond(
+            from,
+            WireResponse {
+                request_id,
+                sockets: Some(sockets),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Type 1: every room of this namespace on this node.
+    fn recv_all_rooms(&self, from: &Origin<'_>, request_id: String) {
+        let mut all = BroadcastOptions::default();
+        all.add_flag(BroadcastFlags::Broadcast);
+        let rooms = self
+            .local
+            .rooms(all)
+            .into_iter()
+            .map(|r| r.to_string())
+            .collect();
+        self.respond(
+            from,
+            WireResponse {
+                request_id,
+                rooms: Some(rooms),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Types 2 and 3: add the selected sockets to `rooms`, or remove them.
+    fn recv_rooms(&self, from: &Origin<'_>, selection: Selection, rooms: Vec<String>, join: bool) {
+        let rooms: Vec<Room> = rooms.into_iter().map(Room::from).collect();
+        match selection {
+            Selection::Opts(opts) => self.apply_rooms(self.resolve(&opts, false), rooms, join),
+            Selection::Socket { sid, request_id } => {
+                // Legacy single-socket form: act and answer only if the socket is ours.
+                let Some(sid) = self.local_sid(&sid) else {
+                    return;
+                };
+                self.apply_rooms(Targets::Sids(vec![sid]), rooms, join);
+                self.ack_legacy(from, request_id);
+            }
+        }
+    }
+
+    /// Type 4: disconnect the selected sockets.
+    fn recv_disconnect(&self, from: &Origin<'_>, selection: Selection) {
+        match selection {
+            Selection::Opts(opts) => self.apply_disconnect(self.resolve(&opts, false)),
+            Selection::Socket { sid, request_id } => {
+                let Some(sid) = self.local_sid(&sid) else {
+                    return;
+                };
+                self.apply_disconnect(Targets::Sids(vec![sid]));
+                self.ack_legacy(from, request_id);
+            }
+        }
+    }
+
+    /// Type 5: details of the selected sockets.
+    fn recv_fetch(&self, from: &Origin<'_>, request_id: String, opts: &WireOpts) {
+        let sockets = self.fetch_local(self.resolve(opts, false));
+        self.respond(
+            from,
+            WireResponse {
+                request_id,
+                sockets: Some(sockets),
+                uid: Some(from.remote.uid.clone()),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Type 6: socketioxide has no serverSideEmit. A requester waiting for acks counts us
+    /// (NUMSUB), so answer `null` instead of letting it time out.
+    fn recv_server_side_emit(&self, remote: &RemoteNs, request_id: Option<String>) {
+        tracing::debug!("serverSideEmit received; not supported by socketioxide, ignored");
+        if let Some(request_id) = request_id {
+            let res = WireResponse {
+                kind: Some(RequestType::ServerSideEmit as u8),
+                request_id,
+                data: Some(rmpv::Value::Nil),
+                ..Default::default()
+            };
+            // Node always answers 6 on the shared channel.
+            self.publish_response(remote.channels.response.clone(), res);
+        }
+    }
+
+    /// Type 7: broadcast locally with acks; answer 8 (count) once, then 9 per client ack.
+    fn recv_broadcast_with_ack(
+        self: &Arc<Self>,
+        from: &Origin<'_>,
+        request_id: String,
+        wire_packet: WirePacket,
+        opts: &WireOpts,
+        channel: &str,
+    ) {
+        let nsp = self.local.path().to_string();
+        let packet = match wire_to_packet(self.local.parser(), &wire_packet, &nsp) {
+            Ok(p) => p,
+            Err(e) => return self.metrics().malformed("request", channel, &e),
+        };
+        let timeout = opts
+            .flags
+            .as_ref()
+            .and_then(|f| f.timeout)
+            .map(Duration::from_millis);
+        // Node drops the flags of an ack broadcast (only rooms/except count).
+        let streams: Vec<_> = match self.resolve(opts, false) {
+            Targets::Opts(o) => vec![self.local.broadcast_with_ack(packet.clone(), o, timeout)],
+            Targets::Sids(sids) => sids
+                .into_iter()
+                .map(|sid| {
+                    self.local.broadcast_with_ack(
+                        packet.clone(),
+                        BroadcastOptions::new(sid),
+                        timeout,
+                    )
+                })
+                .collect(),
+        };
+        let count: u32 = streams.iter().map(|(_, n)| *n).sum();
+        self.ctr.call_hook(&RemoteBroadcast {
+            nsp,
+            opts: wire_to_opts(opts, false),
+            packet,
+            data: into_args(wire_packet),
+            origin: from.uid.unwrap_or_default().to_owned(),
+        });
+        let acks = futures_util::stream::select_all(streams.into_iter().map(|(s, _)| Box::pin(s)));
+        let channel = self.response_channel(from);
+        let driver = self.ctr.inner.driver.clone();
+        let weak = Arc::downgrade(self);
+        let metrics = self.metrics().clone();
+        tokio::spawn(async move {
+            let count_res = WireResponse {
+                kind: Some(RequestType::BroadcastClientCount as u8),
+                request_id: request_id.clone(),
+                client_count: Some(u64::from(count)),
+                ..Default::default()
+            };
+            if let Ok(bytes) = count_res.encode() {
+                let _ = driver.publish(&channel, bytes).await;
+            }
+            if count == 0 {
+                return;
+            }
+            let mut acks = acks.take(count as usize);
+            while let Some((_, ack)) = acks.next().await {
+                // Node only ever sends successful acks; timeouts are simply missing.
+                let Ok(value) = ack else { continue };
+                // The parser is not Send: borrow it from the adapter for the conversion only.
+                let Some(adapter) = weak.upgrade() else {
+                    return;
+                };
+                let converted = ack_to_wire(adapter.local.parser(), &value);
+                drop(adapter);
+                let packet = match converted {
+                    Ok(p) => p,
+                    Err(e) => {
+                        metrics.malformed("ack", &channel, &e);
+                        continue;
+                    }
+                };
+                let res = WireResponse {
+                    kind: Some(RequestType::BroadcastAck as u8),
+                    request_id: request_id.clone(),
+                    packet: Some(packet),
+                    ..Default::default()
+                };
+                match res.encode() {
+                    Ok(bytes) => {
+                        let _ = driver.publish(&channel, bytes).await;
+                    }
+                    Err(e) => tracing::warn!("ack response not encodable: {e}"),
+                }
+            }
+        });
+    }
+
+    /// A response on `key-response#nsp#[uid#]`: route it to the pending request.
+    fn recv_response(&self, remote: &RemoteNs, msg: &Inbound) {
+        self.metrics().received("response");
+        let res: WireResponse = match decode_sniff(&msg.payload) {
+            Ok(r) => r,
+            Err(e) => return self.metrics().malformed("response", &msg.channel, &e),
+        };
+        // Our request ids are Sids; anything else answers another node's request.
+        let Ok(id) = Sid::from_str(&res.request_id) else {
+            return;
+        };
+        let Some(tx) = lock(&remote.handlers).get(&id).cloned() else {
+            return;
+        };
+        let reply = match res.kind {
+            Some(k) if k == RequestType::BroadcastClientCount as u8 => {
+                let count = res.client_count.unwrap_or(0);
+                Reply::AckCount(u32::try_from(count).unwrap_or(u32::MAX))
+            }
+            Some(k) if k == RequestType::BroadcastAck as u8 => {
+                let arg = res.packet.unwrap_or(rmpv::Value::Nil);
+                match wire_to_ack(self.local.parser(), &arg) {
+                    Ok(v) => Reply::Ack(v),
+                    Err(e) => return self.metrics().malformed("response", &msg.channel, &e),
+                }
+            }
+            _ => Reply::Response(res),
+        };
+        match tx.try_send(reply) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics().dropped("response", &msg.channel)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// The channel a response to a request from `from` goes to.
+    fn response_channel(&self, from: &Origin<'_>) -> String {
+        let channels = &from.remote.channels;
+        match (
+            from.uid,
+            self.ctr.inner.publish_on_specific_response_channel,
+        ) {
+            (Some(uid), true) => channels.response_for(uid),
+            _ => channels.response.clone(),
+        }
+    }
+
+    fn respond(&self, from: &Origin<'_>, res: WireResponse) {
+        self.publish_response(self.response_channel(from), res);
+    }
+
+    /// Legacy (≤7.x) single-socket requests expect an empty `{ requestId }` answer.
+    fn ack_legacy(&self, from: &Origin<'_>, request_id: Option<String>) {
+        if let Some(request_id) = request_id {
+            let res = WireResponse {
+                request_id,
+                ..Default::default()
+            };
+            self.respond(from, res);
+        }
+    }
+
+    fn publish_response(&self, channel: String, res: WireResponse) {
+        let bytes = match res.encode() {
+            Ok(b) => b,
+            Err(e) => return tracing::warn!("response not encodable: {e}"),
+        };
+        let driver = self.ctr.inner.driver.clone();
+        tokio::spawn(async move {
+            // Failures are counted by the driver.
+            let _ = driver.publish(&channel, bytes).await;
+        });
+    }
+}
+
+/// The `[event, ...args]` array of a wire packet.
+fn into_args(packet: WirePacket) -> Vec<rmpv::Value> {
+    match packet.data {
+        rmpv::Value::Array(a) => a,
+        _ => Vec::new(),
+    }
+}
