@@ -254,6 +254,7 @@ impl<E: SocketEmitter> CoreAdapter<E> for FanoutAdapter<E> {
     fn new(state: &Self::State, local: CoreLocalAdapter<E>) -> Self {
         let remote = state.is_cluster().then(|| {
             let uid = local.server_id().to_string();
+            state.inner.uid.get_or_init(|| uid.clone());
             RemoteNs {
                 channels: Channels::new(&state.inner.key, local.path(), &uid),
                 uid,

@@ -19,7 +19,7 @@ use socketioxide_core::{Str, Value};
 use crate::protocol::{WireFlags, WireOpts, WirePacket};
 
 /// Socket.IO EVENT packet type.
-const EVENT: u8 = 2;
+pub(crate) const EVENT: u8 = 2;
 /// Socket.IO BINARY_EVENT packet type (accepted on receive, never sent).
 const BINARY_EVENT: u8 = 5;
 
@@ -41,6 +41,9 @@ pub enum ConvertError {
     /// The first element of `data` is not a string.
     #[error("event name must be a string")]
     EventName,
+    /// JSON data that has no msgpack form.
+    #[error("data not convertible to msgpack")]
+    Data(#[from] rmpv::ext::Error),
 }
 
 /// Converts socketioxide broadcast options to Node `opts`.

@@ -2,7 +2,7 @@
 //! `CoreAdapter::State`), and the facilities the node uses beside the adapter: readiness,
 //! plain pub/sub channels and the remote-broadcast hook.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,10 +11,11 @@ use socketioxide_core::packet::Packet;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::RedisAdapterConfig;
-use crate::convert::rmpv_to_json;
+use crate::convert::{ConvertError, EVENT, rmpv_to_json};
 use crate::driver::{Driver, LocalBus, RedisDriver, Route, SubKey};
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::protocol::{BroadcastMessage, Channels, WireFlags, WireOpts, WirePacket};
 
 /// Capacity of plain-channel queues and of per-request queues in embedded mode.
 const LOCAL_BUFFER: usize = 4096;
@@ -48,8 +49,10 @@ impl RemoteBroadcast {
     }
 }
 
-/// The hook called for every [`RemoteBroadcast`]; must be quick and must not block.
-pub type RemoteBroadcastHook = Arc<dyn Fn(&RemoteBroadcast) + Send + Sync>;
+/// The hook called for every [`RemoteBroadcast`] before it is applied locally; must be quick
+/// and must not block. Returning `true` means the hook delivered it itself: the adapter then
+/// does not apply it to the local sockets.
+pub type RemoteBroadcastHook = Arc<dyn Fn(&RemoteBroadcast) -> bool + Send + Sync>;
 
 /// The adapter state: pass it to `SocketIo::builder().with_adapter::<FanoutAdapter<_>>(ctr)`.
 /// Cheap to clone; every clone shares the same connections.
@@ -66,6 +69,8 @@ pub(crate) struct CtrInner {
     pub publish_on_specific_response_channel: bool,
     pub metrics: Metrics,
     hook: RwLock<Option<RemoteBroadcastHook>>,
+    /// This server's uid on the wire, known once the first namespace exists.
+    pub uid: OnceLock<String>,
 }
 
 impl std::fmt::Debug for FanoutAdapterCtr {
@@ -116,6 +121,7 @@ impl FanoutAdapterCtr {
                 publish_on_specific_response_channel: config.publish_on_specific_response_channel,
                 metrics,
                 hook: RwLock::new(None),
+                uid: OnceLock::new(),
             }),
         }
     }
@@ -165,20 +171,51 @@ impl FanoutAdapterCtr {
         self.inner.driver.publish(&channel, payload).await
     }
 
-    /// Sets the hook called whenever a broadcast from another node is applied locally.
+    /// Publishes `[event, data]` to `room` of namespace `nsp` for the **other** servers only:
+    /// the caller delivered to its local sockets itself. The message is the classic
+    /// protocol's broadcast (`[uid, {type: 2, data, nsp}, {rooms: [room], except: [], flags}]`
+    /// on `key#nsp#room#`), so fanout and Node.js servers apply it like any
+    /// `io.to(room).emit(event, data)`. Nothing to do in embedded mode.
+    pub async fn broadcast_remote(
+        &self,
+        nsp: &str,
+        room: &str,
+        event: &str,
+        data: &serde_json::Value,
+    ) -> Result<(), Error> {
+        if !self.is_cluster() {
+            return Ok(());
+        }
+        let uid = self.inner.uid.get().ok_or(Error::NotReady)?;
+        let data = rmpv::ext::to_value(data).map_err(ConvertError::from)?;
+        let packet = WirePacket {
+            kind: EVENT,
+            data: rmpv::Value::Array(vec![rmpv::Value::from(event), data]),
+            nsp: Some(nsp.to_owned()),
+        };
+        let opts = WireOpts {
+            rooms: vec![room.to_owned()],
+            except: Vec::new(),
+            flags: Some(WireFlags::default()),
+        };
+        let channel = Channels::new(&self.inner.key, nsp, uid).broadcast_channel(&opts.rooms);
+        let payload = BroadcastMessage(uid.clone(), packet, opts).encode()?;
+        self.inner.driver.publish(&channel, payload).await
+    }
+
+    /// Sets the hook called whenever a broadcast from another node arrives.
     pub fn set_remote_broadcast_hook(&self, hook: RemoteBroadcastHook) {
         *self.inner.hook.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
-    pub(crate) fn call_hook(&self, bc: &RemoteBroadcast) {
+    /// Calls the hook; true when it delivered the broadcast itself.
+    pub(crate) fn call_hook(&self, bc: &RemoteBroadcast) -> bool {
         let hook = self
             .inner
             .hook
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if let Some(hook) = hook {
-            hook(bc);
-        }
+        hook.is_some_and(|hook| hook(bc))
     }
 }

@@ -323,6 +323,7 @@ async fn remote_broadcast_hook_sees_only_foreign_broadcasts() {
                 bc.args_json(),
                 bc.opts.rooms.iter().map(|r| r.to_string()).collect(),
             ));
+            false
         }));
         io1.ns("/", async || {}).await.unwrap();
         io2.ns("/", async || {}).await.unwrap();
@@ -338,6 +339,45 @@ async fn remote_broadcast_hook_sees_only_foreign_broadcasts() {
         assert_eq!(seen[0].1.as_deref(), Some("topic"));
         assert_eq!(seen[0].2, vec![serde_json::json!({"x": 1})]);
         assert_eq!(seen[0].3, vec!["topic"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn claimed_broadcasts_are_not_applied_and_broadcast_remote_skips_the_sender() {
+    bounded(30, async {
+        let redis = RedisServer::start();
+        let [(io1, ctr1), (io2, ctr2)] = spawn_servers(&redis).await;
+        // Server 2's hook delivers "claimed" itself (here: not at all) and leaves the rest.
+        ctr2.set_remote_broadcast_hook(Arc::new(|bc: &RemoteBroadcast| {
+            bc.event() == Some("claimed")
+        }));
+        io1.ns("/", async |s: Sock| s.join("room")).await.unwrap();
+        io2.ns("/", async |s: Sock| s.join("room")).await.unwrap();
+        let mut rx1 = connect(&io1).await;
+        let mut rx2 = connect(&io2).await;
+
+        io1.to("room").emit("claimed", &1).await.unwrap();
+        assert_eq!(recv(&mut rx1).await, r#"42["claimed",1]"#);
+        io1.to("room").emit("plain", &2).await.unwrap();
+        assert_eq!(recv(&mut rx1).await, r#"42["plain",2]"#);
+        assert_eq!(
+            recv(&mut rx2).await,
+            r#"42["plain",2]"#,
+            "not claimed: applied"
+        );
+
+        // broadcast_remote: the other servers only, as a Node-compatible room broadcast.
+        ctr2.set_remote_broadcast_hook(Arc::new(|_: &RemoteBroadcast| false));
+        let data = serde_json::json!({"prénom": "Zoé", "n": [1, 2.5, null]});
+        ctr1.broadcast_remote("/", "room", "room", &data)
+            .await
+            .unwrap();
+        assert_eq!(
+            recv(&mut rx2).await,
+            r#"42["room",{"n":[1,2.5,null],"prénom":"Zoé"}]"#
+        );
+        recv_none(&mut rx1, 200).await;
     })
     .await;
 }

@@ -103,6 +103,16 @@ pub struct Config {
     #[arg(long, env = "FANOUT_DRAIN_TIMEOUT_MS", default_value_t = 20_000)]
     pub drain_timeout_ms: u64,
 
+    /// Outbound budget of one connection in bytes (Socket.IO and /ws): what was handed to
+    /// it and not yet written to its socket. Over it the connection is closed as a slow
+    /// consumer and the messages it missed are counted as dropped.
+    #[arg(long, env = "FANOUT_CLIENT_QUEUE_BYTES", default_value_t = 1_048_576)]
+    pub client_queue_bytes: u64,
+
+    /// Outbound budget of one connection in messages (its send queue's length).
+    #[arg(long, env = "FANOUT_CLIENT_QUEUE_MESSAGES", default_value_t = 1024)]
+    pub client_queue_messages: usize,
+
     /// Seats in a `/chat` room.
     #[arg(long, env = "FANOUT_CHAT_ROOM_CAPACITY", default_value_t = 2)]
     pub chat_room_capacity: u32,
@@ -156,6 +166,11 @@ impl Config {
         }
         if self.drain_batch == 0 {
             return Err(ConfigError("FANOUT_DRAIN_BATCH must be positive".into()));
+        }
+        if self.client_queue_bytes < 1024 || self.client_queue_messages == 0 {
+            return Err(ConfigError(
+                "FANOUT_CLIENT_QUEUE_BYTES must be at least 1024 and FANOUT_CLIENT_QUEUE_MESSAGES positive".into(),
+            ));
         }
         if self.chat_room_capacity == 0 {
             return Err(ConfigError(

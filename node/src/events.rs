@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::delivery::deliver_local;
+use crate::delivery::TopicMessage;
 use crate::error::AppError;
 use crate::metrics::PublishSource;
 use crate::state::AppState;
@@ -28,8 +28,13 @@ struct RawEvent {
     data: Value,
 }
 
-/// Decodes an events-channel message into the topic to deliver and its data.
-pub fn decode_event(payload: &[u8]) -> Result<(Topic, Value), AppError> {
+/// Decodes an events-channel message into the topic message to deliver.
+pub fn decode_event(payload: &[u8]) -> Result<TopicMessage, AppError> {
+    let (topic, data) = decode_topic_and_data(payload)?;
+    TopicMessage::new(topic, data)
+}
+
+fn decode_topic_and_data(payload: &[u8]) -> Result<(Topic, Value), AppError> {
     let raw: RawEvent = serde_json::from_slice(payload)
         .map_err(|err| AppError::bad_request(format!("not an event: {err}")))?;
     match (raw.topic, raw.model, raw.method) {
@@ -63,7 +68,6 @@ pub async fn publish_model_event(
     data: &Value,
 ) -> Result<(), AppError> {
     let payload = json!({ "model": model, "method": method, "id": id.to_string(), "data": data });
-    state.metrics.topic_published(PublishSource::Model);
     let channel = keys::events_channel(&state.cfg.prefix);
     state
         .bus
@@ -76,7 +80,10 @@ pub async fn run_events_listener(state: AppState, mut rx: mpsc::Receiver<Bytes>)
     while let Some(payload) = rx.recv().await {
         let received = Instant::now();
         match decode_event(&payload) {
-            Ok((topic, data)) => deliver_local(&state, &topic, &data, received).await,
+            Ok(msg) => {
+                state.metrics.topic_published(PublishSource::Events);
+                state.delivery.deliver_local(&msg, received);
+            }
             Err(err) => {
                 state.metrics.bad_input("events", err.code.as_str());
                 tracing::warn!(%err, bytes = payload.len(), "malformed message on the events channel");
@@ -126,16 +133,20 @@ mod tests {
 
     #[test]
     fn decodes_both_forms() {
-        let (t, d) = decode_event(br#"{"topic":"news","data":{"a":1}}"#).unwrap();
-        assert_eq!((t.as_str(), d), ("news", json!({"a":1})));
-        let (t, _) =
-            decode_event(br#"{"model":"Order","method":"PUT","id":"42","data":{}}"#).unwrap();
-        assert_eq!(t.as_str(), "/Order/42/PUT");
-        let (t, _) = decode_event(br#"{"model":"Order","method":"delete","id":42}"#).unwrap();
-        assert_eq!(t.as_str(), "/Order/42/DELETE");
-        let (t, _) =
-            decode_event(br#"{"model":"Order","method":"POST","id":"7","data":{}}"#).unwrap();
-        assert_eq!(t.as_str(), "/Order/POST");
+        let m = decode_event(br#"{"topic":"news","data":{"a":1}}"#).unwrap();
+        assert_eq!((m.topic().as_str(), m.data()), ("news", &json!({"a":1})));
+        let m =
+            decode_event(br#"{"data":{"pr\u00e9nom":"Zo\u00e9"},"topic":"caf\u00e9"}"#).unwrap();
+        assert_eq!(
+            (m.topic().as_str(), m.data()),
+            ("café", &json!({"prénom": "Zoé"}))
+        );
+        let m = decode_event(br#"{"model":"Order","method":"PUT","id":"42","data":{}}"#).unwrap();
+        assert_eq!(m.topic().as_str(), "/Order/42/PUT");
+        let m = decode_event(br#"{"model":"Order","method":"delete","id":42}"#).unwrap();
+        assert_eq!(m.topic().as_str(), "/Order/42/DELETE");
+        let m = decode_event(br#"{"model":"Order","method":"POST","id":"7","data":{}}"#).unwrap();
+        assert_eq!(m.topic().as_str(), "/Order/POST");
     }
 
     #[test]

@@ -7,25 +7,34 @@
 //! - [`auth`]: tokens, password hashes, sessions.
 //! - [`store`]: store traits and their in-memory implementations; Redis keys.
 //! - [`topics`]: topic validation and access rules.
-//! - [`client`]: the transport-neutral client protocol (subscribe, publish, methods).
-//! - [`delivery`]: publishing to topics and delivering to local subscribers.
+//! - [`request`]: client requests, parsed once into a typed [`request::Request`].
+//! - [`client`]: the client core both transports share: authentication, ordered requests,
+//!   subscriptions, publishing, methods.
+//! - [`delivery`]: topic messages to local subscribers (budgets, drops) and to the cluster.
+//! - [`sio`]: the Socket.IO namespaces `/` (pub/sub), `/chat` and `/stream`.
+//! - [`ws`]: the plain-WebSocket transport `/ws`.
 //! - [`events`]: the events and revocations channels.
 //! - [`bus`]: cross-node channels (loopback when embedded).
 //! - [`methods`]: the RPC method registry and built-ins.
 //! - [`connections`]: local connections by token (logout).
-//! - [`pubsub`]: Socket.IO namespace `/`.
-//! - [`chat`]: Socket.IO namespace `/chat` (two-person rooms).
-//! - [`stream`]: Socket.IO namespace `/stream` (term-filtered stream).
 //! - [`http`]: REST API and operations routes.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`ws`]: the plain-WebSocket endpoint `/ws`.
-//! - [`shutdown`]: signals, connection tracking, graceful drain.
+//! - [`io`]: the Socket.IO server types.
+//! - [`listener`]: the TCP listener: connection limit, transport-level close, drain.
+//! - [`shutdown`]: the signals that start a graceful drain.
 //!
-//! [`run`] starts a node on a listener and returns after a graceful shutdown.
+//! A publish, followed end to end: a Socket.IO `publish` event →
+//! [`sio::pubsub::Queued`] parses it into a [`request::Request`] and queues it on the
+//! socket's [`client::Client`] → the client applies it in order and calls
+//! [`delivery::Delivery::publish`] → [`delivery::Delivery::deliver_local`] hands it to this
+//! node's subscribers within their budgets, and the adapter publishes it to Redis → on
+//! every other node the adapter hands it to [`delivery::Delivery::on_remote_broadcast`] →
+//! `deliver_local` there.
+//!
+//! [`serve`] runs a node on a listener and returns after a graceful shutdown.
 
 pub mod auth;
 pub mod bus;
-pub mod chat;
 pub mod client;
 pub mod config;
 pub mod connections;
@@ -33,13 +42,15 @@ pub mod delivery;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod io;
+pub mod listener;
 pub mod methods;
 pub mod metrics;
-pub mod pubsub;
+pub mod request;
 pub mod shutdown;
+pub mod sio;
 pub mod state;
 pub mod store;
-pub mod stream;
 pub mod topics;
 pub mod ws;
 
@@ -48,16 +59,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socketioxide::SocketIo;
-use socketioxide::handler::ConnectHandler;
 use tokio::net::TcpListener;
 
 use fanout_adapter::{FanoutAdapterCtr, RedisAdapterConfig};
 
 use crate::bus::{AdapterBus, Bus};
 use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::delivery::outbound::Budget;
+use crate::listener::{ConnTracker, TrackedAddr, TrackedListener};
 use crate::methods::MethodRegistry;
 use crate::metrics::Metrics;
-use crate::shutdown::{ConnTracker, TrackedListener};
 use crate::state::{AppState, Readiness, StateParts, Stores};
 use crate::store::cache::CachedTokenStore;
 use crate::store::keys;
@@ -128,6 +140,11 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         let adapter = adapter.clone();
         Readiness::new(move || adapter.is_ready())
     };
+    let budget = Budget {
+        bytes: cfg.client_queue_bytes,
+        messages: cfg.client_queue_messages,
+    };
+    let delivery = Delivery::new(adapter.clone(), metrics.clone(), budget);
     let state = AppState::new(StateParts {
         cfg: cfg.clone(),
         node_id,
@@ -136,45 +153,29 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         metrics,
         methods,
         readiness,
+        delivery,
     });
 
     let (sio_layer, io) = SocketIo::builder()
         .ping_interval(Duration::from_millis(cfg.ping_interval_ms))
         .ping_timeout(Duration::from_millis(cfg.ping_timeout_ms))
         .max_payload(cfg.max_payload as u64)
+        .max_buffer_size(cfg.client_queue_messages)
         .ws_max_message_size(cfg.max_payload)
         .ws_max_frame_size(cfg.max_payload)
         .with_state(state.clone())
-        .with_adapter::<state::NodeAdapter>(adapter.clone())
+        .with_adapter::<io::NodeAdapter>(adapter.clone())
         .build_layer();
-    state.set_io(io.clone());
+    state.delivery.set_io(io.clone());
     {
         let state = state.clone();
         adapter.set_remote_broadcast_hook(Arc::new(move |broadcast| {
-            delivery::on_remote_broadcast(&state, broadcast);
+            state.delivery.on_remote_broadcast(broadcast)
         }));
     }
-    let ns_error = |ns: &str, err: fanout_adapter::Error| {
-        StartError::Backend(format!("namespace {ns}: {err}"))
-    };
-    io.ns(
-        pubsub::NAMESPACE,
-        pubsub::on_connect.with(pubsub::on_connect_middleware),
-    )
-    .await
-    .map_err(|err| ns_error(pubsub::NAMESPACE, err))?;
-    io.ns(
-        chat::NAMESPACE,
-        chat::on_connect.with(chat::on_connect_middleware),
-    )
-    .await
-    .map_err(|err| ns_error(chat::NAMESPACE, err))?;
-    io.ns(
-        stream::NAMESPACE,
-        stream::on_connect.with(stream::on_connect_middleware),
-    )
-    .await
-    .map_err(|err| ns_error(stream::NAMESPACE, err))?;
+    sio::register(&io)
+        .await
+        .map_err(|(ns, err)| StartError::Backend(format!("namespace {ns}: {err}")))?;
 
     let events = state
         .bus
@@ -190,7 +191,7 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         .bus
         .subscribe(&keys::stream_channel(&cfg.prefix))
         .await?;
-    tokio::spawn(stream::run_listener(state.clone(), items));
+    tokio::spawn(sio::stream::run_listener(state.clone(), items));
 
     let router = http::router(state.clone()).layer(sio_layer);
     let router = http::outer_layers(router, &state);
@@ -243,7 +244,8 @@ pub async fn serve(
         cfg.max_connections,
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let app = router.into_make_service_with_connect_info::<TrackedAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         stop_rx.await.ok();
     });
     let mut server = tokio::spawn(server.into_future());
@@ -262,7 +264,7 @@ pub async fn serve(
     state.readiness.start_draining();
     let drain = async {
         let pause = Duration::from_millis(cfg.drain_interval_ms);
-        let told = state.ws_hub.drain(cfg.drain_batch, pause).await;
+        let told = state.delivery.hub().drain(cfg.drain_batch, pause).await;
         if told > 0 {
             tracing::info!(told, "drain: sent 1001 to /ws connections");
         }
@@ -273,7 +275,9 @@ pub async fn serve(
             )
             .await;
         tracing::info!(closed, "drain: all connections closed");
-        state.io().close().await;
+        if let Some(io) = state.delivery.io() {
+            io.close().await;
+        }
     };
     if tokio::time::timeout(Duration::from_millis(cfg.drain_timeout_ms), drain)
         .await

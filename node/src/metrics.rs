@@ -18,10 +18,10 @@ pub enum PublishSource {
     WebSocket,
     /// `POST /api/publish`.
     Rest,
-    /// A model write.
-    Model,
-    /// The Redis events channel (external producers).
+    /// The events channel: model writes of any node and external producers.
     Events,
+    /// Another node (fanout or Node.js) through the adapter.
+    Remote,
 }
 
 impl PublishSource {
@@ -31,11 +31,63 @@ impl PublishSource {
             PublishSource::Socket => "socket",
             PublishSource::WebSocket => "ws",
             PublishSource::Rest => "rest",
-            PublishSource::Model => "model",
             PublishSource::Events => "events",
+            PublishSource::Remote => "remote",
         }
     }
 }
+
+/// Where a message was dropped (metric label `transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropTransport {
+    /// A Socket.IO socket (any namespace).
+    SocketIo,
+    /// A `/ws` connection.
+    Ws,
+    /// On the way to or from Redis (other nodes' share).
+    Redis,
+}
+
+impl DropTransport {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropTransport::SocketIo => "socketio",
+            DropTransport::Ws => "ws",
+            DropTransport::Redis => "redis",
+        }
+    }
+}
+
+/// Why a message was dropped (metric label `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The connection was over its outbound budget; it is being closed.
+    SlowConsumer,
+    /// The connection was closed or closing.
+    Closed,
+    /// The message alone is larger than a connection's whole outbound budget.
+    TooLarge,
+    /// Redis could not take the message: other nodes' subscribers missed it.
+    RedisDown,
+    /// A bounded inbound queue (adapter, channel listener) was full.
+    QueueFull,
+}
+
+impl DropReason {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::SlowConsumer => "slow_consumer",
+            DropReason::Closed => "closed",
+            DropReason::TooLarge => "too_large",
+            DropReason::RedisDown => "redis_down",
+            DropReason::QueueFull => "queue_full",
+        }
+    }
+}
+
+type DropLogLimiter = governor::DefaultKeyedRateLimiter<(DropTransport, DropReason)>;
 
 /// All node metrics.
 #[derive(Clone)]
@@ -52,6 +104,7 @@ pub struct Metrics {
     delivery_latency: Histogram,
     bad_input: IntCounterVec,
     dropped: IntCounterVec,
+    drop_logs: std::sync::Arc<DropLogLimiter>,
     redis_command_duration: HistogramVec,
     redis_errors: IntCounterVec,
     tcp_connections: IntGauge,
@@ -200,7 +253,7 @@ impl Metrics {
             topic_published: counter_vec(
                 &registry,
                 "fanout_topic_messages_published_total",
-                "Topic messages published through this node, by source",
+                "Topic messages that entered this node's local delivery, by source",
                 &["source"],
             ),
             topic_delivered,
@@ -214,9 +267,12 @@ impl Metrics {
             dropped: counter_vec(
                 &registry,
                 "fanout_messages_dropped_total",
-                "Messages not delivered to a client, by reason (slow_consumer: its queue was full)",
-                &["reason"],
+                "Messages not delivered to a client, by transport and reason",
+                &["transport", "reason"],
             ),
+            drop_logs: std::sync::Arc::new(governor::RateLimiter::keyed(
+                governor::Quota::per_second(std::num::NonZeroU32::MIN),
+            )),
             redis_command_duration,
             redis_errors: counter_vec(
                 &registry,
@@ -300,9 +356,31 @@ impl Metrics {
         self.bad_input.with_label_values(&[origin, code]).inc();
     }
 
-    /// `count` messages were dropped for `reason`.
-    pub fn messages_dropped(&self, reason: &str, count: u64) {
-        self.dropped.with_label_values(&[reason]).inc_by(count);
+    /// `count` messages were dropped: counted, and logged at most once a second per
+    /// transport and reason (with the running total, so nothing is hidden by the limit).
+    pub fn messages_dropped(&self, transport: DropTransport, reason: DropReason, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let counter = self
+            .dropped
+            .with_label_values(&[transport.as_str(), reason.as_str()]);
+        counter.inc_by(count);
+        if self.drop_logs.check_key(&(transport, reason)).is_ok() {
+            tracing::warn!(
+                transport = transport.as_str(),
+                reason = reason.as_str(),
+                count,
+                total = counter.get(),
+                "messages dropped"
+            );
+        }
+    }
+
+    /// The `fanout_messages_dropped_total` counter vector, for components that count their
+    /// own drops under the same metric (the adapter's inbound queues).
+    pub fn dropped_counter(&self) -> &IntCounterVec {
+        &self.dropped
     }
 
     /// A store issued a Redis command.
@@ -352,10 +430,15 @@ mod tests {
         m.socket_connected("/");
         m.auth_failed("invalid_token");
         m.topic_delivered(3, Duration::from_millis(2));
+        m.messages_dropped(DropTransport::Ws, DropReason::SlowConsumer, 2);
+        m.messages_dropped(DropTransport::Ws, DropReason::SlowConsumer, 1);
         let text = m.render();
         assert!(text.contains("fanout_sockets_connected{namespace=\"/\"} 1"));
         assert!(text.contains("fanout_auth_failures_total{reason=\"invalid_token\"} 1"));
         assert!(text.contains("fanout_topic_messages_delivered_total 3"));
+        assert!(text.contains(
+            "fanout_messages_dropped_total{reason=\"slow_consumer\",transport=\"ws\"} 3"
+        ));
         assert!(text.contains("fanout_delivery_latency_seconds_count 1"));
         assert!(text.contains("fanout_build_info{node=\"n1\""));
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -1,25 +1,16 @@
 //! [`AppState`]: everything handlers share, behind one cheap-to-clone `Arc`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-
-use socketioxide::SocketIo;
 
 use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::connections::ConnRegistry;
+use crate::delivery::Delivery;
 use crate::methods::MethodRegistry;
 use crate::metrics::Metrics;
 use crate::store::{ChatStore, ModelStore, PresenceStore, TokenStore, UserStore};
-
-/// The socketioxide adapter type of every namespace: one concrete type in both modes
-/// (`FanoutAdapterCtr::local()` embedded, `FanoutAdapterCtr::redis(…)` in a cluster), so
-/// handlers are not generic.
-pub type NodeAdapter = fanout_adapter::FanoutAdapter<socketioxide::adapter::Emitter>;
-
-/// The Socket.IO server handle.
-pub type Io = SocketIo<NodeAdapter>;
 
 /// The stores a node runs on (memory in embedded mode, Redis in cluster mode).
 #[derive(Clone)]
@@ -88,10 +79,8 @@ pub struct Inner {
     pub connections: ConnRegistry,
     /// Draining flag and backend health, for `/readyz` and the drain.
     pub readiness: Readiness,
-    /// Local `/ws` subscriptions.
-    pub ws_hub: crate::ws::WsHub,
-    /// The Socket.IO server, set once at startup (it needs the state to be built first).
-    io: OnceLock<Io>,
+    /// Topic delivery to local subscribers and to the cluster.
+    pub delivery: Delivery,
 }
 
 impl std::ops::Deref for AppState {
@@ -117,10 +106,13 @@ pub struct StateParts {
     pub methods: MethodRegistry,
     /// Readiness.
     pub readiness: Readiness,
+    /// Delivery.
+    pub delivery: Delivery,
 }
 
 impl AppState {
-    /// Assembles the state; the Socket.IO handle is attached later with [`AppState::set_io`].
+    /// Assembles the state; the Socket.IO handle is attached later with
+    /// [`Delivery::set_io`].
     pub fn new(parts: StateParts) -> Self {
         let auth = Authenticator::new(parts.stores.tokens.clone());
         Self(Arc::new(Inner {
@@ -133,24 +125,7 @@ impl AppState {
             methods: parts.methods,
             connections: ConnRegistry::default(),
             readiness: parts.readiness,
-            ws_hub: crate::ws::WsHub::default(),
-            io: OnceLock::new(),
+            delivery: parts.delivery,
         }))
-    }
-
-    /// Attaches the Socket.IO handle (once, at startup).
-    pub fn set_io(&self, io: Io) {
-        if self.0.io.set(io).is_err() {
-            tracing::error!("Socket.IO handle attached twice; keeping the first");
-        }
-    }
-
-    /// The Socket.IO handle.
-    pub fn io(&self) -> &Io {
-        // Invariant: `lib::build` attaches the handle before any request is served.
-        self.0
-            .io
-            .get()
-            .expect("Socket.IO handle is attached at startup")
     }
 }

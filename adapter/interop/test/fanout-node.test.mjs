@@ -66,6 +66,8 @@ before(async () => {
   nodeIo = new Server(httpServer, { adapter: createAdapter(pub, sub, { key: KEY, requestsTimeout: 2000 }) });
   nodeIo.on("connection", (socket) => {
     for (const room of socket.handshake.auth?.rooms ?? []) socket.join(room);
+    // A Node.js app publishing what its client sends: io.to(topic).emit(topic, data).
+    socket.on("relay", ({ topic, data }) => nodeIo.to(topic).emit(topic, data));
   });
   await new Promise((resolve) => httpServer.listen(0, "127.0.0.1", resolve));
   nodeUrl = `http://127.0.0.1:${httpServer.address().port}`;
@@ -180,4 +182,64 @@ test("@socket.io/redis-emitter reaches fanout Socket.IO and /ws subscribers", as
   for (let i = 0; i < 100 && pushes.length === 0; i += 1) await sleep(20);
   assert.deepEqual(pushes, [{ type: "event", topic: "from-emitter", data: { n: 1 } }]);
   ws.close();
+});
+
+/** A /ws client of fanout: authenticated, subscribed to `topic`; collects pushed data. */
+async function wsSubscriber(token, topic) {
+  const ws = new WebSocket(`${fanout.url.replace("http", "ws")}/ws`);
+  const pushes = [];
+  const replies = new Map();
+  ws.onmessage = (e) => {
+    const msg = JSON.parse(e.data);
+    if (msg.type === "event") pushes.push(msg.data);
+    else replies.set(msg.callback_id, msg);
+  };
+  await new Promise((resolve, reject) => {
+    ws.onopen = resolve;
+    ws.onerror = (e) => reject(e.error ?? e);
+  });
+  ws.send(JSON.stringify({ type: "authenticate", callback_id: 1, data: { token } }));
+  ws.send(JSON.stringify({ type: "subscribe", callback_id: 2, data: { topic } }));
+  for (let i = 0; i < 100 && !replies.has(2); i += 1) await sleep(20);
+  assert.equal(replies.get(2)?.result, true);
+  return { ws, pushes };
+}
+
+async function until(what, predicate, ms = 20000) {
+  const deadline = Date.now() + ms;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timeout waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+test("1000 back-to-back messages keep their order through a Node.js peer, both ways", async () => {
+  const N = 1000;
+  const expected = Array.from({ length: N }, (_, i) => ({ i }));
+  const token = await fanoutUser();
+
+  // Node.js client → Node server (io.to(topic).emit) → Redis → fanout's Socket.IO and /ws.
+  const fan = await connect(fanout.url, { auth: { token } });
+  await fan.timeout(2000).emitWithAck("subscribe", "order-from-node");
+  const atFanout = [];
+  fan.on("order-from-node", (data) => atFanout.push(data));
+  const wsSub = await wsSubscriber(token, "order-from-node");
+  const nodeClient = await connect(nodeUrl, {});
+  for (let i = 0; i < N; i += 1) nodeClient.emit("relay", { topic: "order-from-node", data: { i } });
+  await until("fanout subscribers got every message", () => atFanout.length >= N && wsSub.pushes.length >= N);
+  assert.deepEqual(atFanout, expected);
+  assert.deepEqual(wsSub.pushes, expected);
+  wsSub.ws.close();
+
+  // fanout publisher, publishes emitted back to back → Redis → the Node server's client.
+  const nodeSub = await connect(nodeUrl, { auth: { rooms: ["order-from-fanout"] } });
+  const atNode = [];
+  nodeSub.on("order-from-fanout", (data) => atNode.push(data));
+  const acks = [];
+  for (let i = 0; i < N; i += 1) {
+    acks.push(fan.timeout(20000).emitWithAck("publish", { topic: "order-from-fanout", data: { i } }));
+  }
+  for (const ack of await Promise.all(acks)) assert.deepEqual(ack, { ok: true });
+  await until("the Node.js client got every message", () => atNode.length >= N);
+  assert.deepEqual(atNode, expected);
 });

@@ -96,15 +96,18 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
             Err(e) => return self.metrics().malformed("broadcast", &msg.channel, &e),
         };
         let volatile = opts.flags.as_ref().and_then(|f| f.volatile) == Some(true);
-        let targets = self.resolve(&opts, volatile);
-        self.apply_broadcast(packet.clone(), targets, volatile);
-        self.ctr.call_hook(&RemoteBroadcast {
+        let broadcast = RemoteBroadcast {
             nsp: nsp.to_owned(),
             opts: wire_to_opts(&opts, true),
             packet,
             data: into_args(wire_packet),
             origin: uid,
-        });
+        };
+        if self.ctr.call_hook(&broadcast) {
+            return;
+        }
+        let targets = self.resolve(&opts, volatile);
+        self.apply_broadcast(broadcast.packet, targets, volatile);
     }
 
     /// A request on `key-request#nsp#`: decode, check, dispatch by type.

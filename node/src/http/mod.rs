@@ -110,11 +110,15 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
 
 /// While draining: new Socket.IO sessions (no `sid`) and `/ws` upgrades get 503, so load
 /// balancers and clients go to another node; existing sessions keep working until closed.
+/// Every Socket.IO upgrade request passes by here too and gets its session linked to its
+/// TCP connection ([`crate::sio::link_upgrade`]).
 async fn drain_guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if state.readiness.is_draining() && is_new_session(&req) {
         return AppError::new(Code::Unavailable, "node is draining").into_response();
     }
-    next.run(req).await
+    let (parts, body) = req.into_parts();
+    crate::sio::link_upgrade(&state, &parts);
+    next.run(Request::from_parts(parts, body)).await
 }
 
 fn is_new_session(req: &Request) -> bool {

@@ -7,10 +7,10 @@ use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
 use super::extract::{AppJson, Authed};
-use crate::client::publish_request;
-use crate::delivery;
+use crate::delivery::TopicMessage;
 use crate::error::AppError;
 use crate::metrics::PublishSource;
+use crate::request::publish_request;
 use crate::state::AppState;
 use crate::topics::authorize_publish;
 
@@ -20,9 +20,10 @@ pub async fn publish_post(
     Authed(session, _): Authed,
     AppJson(body): AppJson<Value>,
 ) -> Result<impl IntoResponse, AppError> {
-    let (topic, data) = publish_request(&body)?;
+    let (topic, data) = publish_request(body)?;
     authorize_publish(&session, &topic)?;
-    delivery::publish(&state, &topic, data, PublishSource::Rest).await?;
+    let msg = TopicMessage::new(topic, data)?;
+    state.delivery.publish(&msg, PublishSource::Rest).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(json!({ "ok": true }))))
 }
 
@@ -30,9 +31,9 @@ pub async fn publish_post(
 pub async fn stream_post(
     State(state): State<AppState>,
     _auth: Authed,
-    AppJson(item): AppJson<crate::stream::StreamItem>,
+    AppJson(item): AppJson<crate::sio::stream::StreamItem>,
 ) -> Result<impl IntoResponse, AppError> {
     item.validate()?;
-    crate::stream::publish_item(&state, &item).await?;
+    crate::sio::stream::publish_item(&state, &item).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(json!({ "ok": true }))))
 }

@@ -334,7 +334,7 @@ describe('demo pages (headless Chromium)', () => {
       async () => Number(await pageA.locator('#namespaces tr[data-namespace="/"] .connected').textContent()) >= 1,
       'a connected socket on "/"',
     );
-    await expectText(pageA.locator('#publishes'), /model/);
+    await expectText(pageA.locator('#publishes'), /events/);
     await expectText(pageA.locator('#latency-count'), /mean of [1-9]\d* deliveries/);
     await screenshot(pageA, 'cluster');
     assertClean();

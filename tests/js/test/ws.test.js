@@ -4,56 +4,11 @@
 
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const WebSocket = require('ws');
+const { wsClient } = require('../lib/ws');
 const {
   startNode, api, newUser, connectAuthed, closeAll, emitAck, collect, subscribe, waitUntil, sleep,
 } = require('../lib/node');
 const { startRedis } = require('../lib/redis');
-
-/** A /ws client: request(type, data) → reply; events[] collects pushes. */
-async function wsClient(base, { maxPayload } = {}) {
-  const ws = new WebSocket(`${base.replace('http', 'ws')}/ws`, { maxPayload });
-  await new Promise((resolve, reject) => {
-    ws.once('open', resolve);
-    ws.once('error', reject);
-  });
-  const pending = new Map();
-  const events = [];
-  const orphans = [];
-  let next = 1;
-  ws.on('message', (raw) => {
-    const msg = JSON.parse(raw.toString());
-    if (msg.type === 'event') events.push(msg);
-    else if (pending.has(msg.callback_id)) {
-      pending.get(msg.callback_id)(msg);
-      pending.delete(msg.callback_id);
-    } else orphans.push(msg);
-  });
-  const closed = new Promise((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
-  return {
-    ws,
-    events,
-    orphans,
-    closed,
-    request(type, data, ms = 3000) {
-      const id = next++;
-      ws.send(JSON.stringify({ type, callback_id: id, data }));
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no reply to ${type} within ${ms} ms`)), ms);
-        pending.set(id, (msg) => {
-          clearTimeout(timer);
-          resolve(msg);
-        });
-      });
-    },
-    sendRaw(text) {
-      ws.send(text);
-    },
-    close() {
-      ws.close();
-    },
-  };
-}
 
 describe('/ws on one node', () => {
   let node;

@@ -11,11 +11,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use socketioxide::extract::{Event, SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
+use socketioxide::{SendError, SocketError};
 use tokio::sync::mpsc;
 
+use super::disconnect_label;
 use crate::error::AppError;
-use crate::pubsub::disconnect_label;
-use crate::state::{AppState, NodeAdapter};
+use crate::io::NodeAdapter;
+use crate::metrics::{DropReason, DropTransport};
+use crate::state::AppState;
 use crate::store::keys;
 
 /// The namespace path.
@@ -171,11 +174,11 @@ pub async fn publish_item(state: &AppState, item: &StreamItem) -> Result<(), App
 
 /// Emits `tweets` to this node's `/stream` sockets whose term the item's text contains.
 pub fn deliver_local(state: &AppState, item: &StreamItem) -> u64 {
-    let Some(ns) = state.io().of(NAMESPACE) else {
+    let Some(ns) = state.delivery.io().and_then(|io| io.of(NAMESPACE)) else {
         return 0;
     };
     let text = item.text.to_lowercase();
-    let mut sent = 0;
+    let (mut sent, mut full, mut closed) = (0, 0, 0);
     for socket in ns.sockets() {
         let matches = socket
             .extensions
@@ -188,11 +191,19 @@ pub fn deliver_local(state: &AppState, item: &StreamItem) -> u64 {
                         .as_ref()
                         .is_some_and(|term| text.contains(term.as_str()))
             });
-        if matches && socket.emit("tweets", item).is_ok() {
-            sent += 1;
+        if !matches {
+            continue;
+        }
+        match socket.emit("tweets", item) {
+            Ok(()) => sent += 1,
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => full += 1,
+            Err(_) => closed += 1,
         }
     }
     state.metrics.events_sent(NAMESPACE, sent);
+    let metrics = &state.metrics;
+    metrics.messages_dropped(DropTransport::SocketIo, DropReason::SlowConsumer, full);
+    metrics.messages_dropped(DropTransport::SocketIo, DropReason::Closed, closed);
     sent
 }
 

@@ -10,11 +10,12 @@ use sha2::{Digest, Sha256};
 use socketioxide::extract::{Event, SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
 
+use super::{conn_key, disconnect_label};
 use crate::error::AppError;
 use crate::http::users::validate_email;
-use crate::pubsub::disconnect_label;
-use crate::state::{AppState, NodeAdapter};
-use crate::store::{ChatMember, ConnKey, SeatClaim};
+use crate::io::NodeAdapter;
+use crate::state::AppState;
+use crate::store::{ChatMember, SeatClaim};
 
 /// The namespace path.
 pub const NAMESPACE: &str = "/chat";
@@ -58,15 +59,25 @@ fn user_name(value: Option<&Value>) -> Result<String, AppError> {
     Ok(name.to_string())
 }
 
-fn conn_key(state: &AppState, socket: &SocketRef<NodeAdapter>) -> ConnKey {
-    ConnKey(format!("{}/sio/{}", state.node_id, socket.id))
-}
-
-/// Counts the local recipients of a room broadcast (remote ones are counted by their node).
-fn sent(state: &AppState, ops: &socketioxide::operators::BroadcastOperators<NodeAdapter>) {
+/// Broadcasts to a room (every node); counts the local recipients and the local drops (remote
+/// ones are counted by their node).
+async fn broadcast(
+    state: &AppState,
+    ops: socketioxide::operators::BroadcastOperators<NodeAdapter>,
+    event: &'static str,
+    body: &Value,
+) {
+    let recipients = ops.clone().local().sockets().len() as u64;
+    let failed = match ops.emit(event, body).await {
+        Ok(()) => 0,
+        Err(err) => {
+            tracing::warn!(%err, event, "chat broadcast incomplete");
+            super::count_broadcast_drops(&state.metrics, &err)
+        }
+    };
     state
         .metrics
-        .events_sent(NAMESPACE, ops.clone().local().sockets().len() as u64);
+        .events_sent(NAMESPACE, recipients.saturating_sub(failed));
 }
 
 fn send_error(state: &AppState, socket: &SocketRef<NodeAdapter>, err: &AppError) {
@@ -184,10 +195,7 @@ async fn on_login(
         let users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
         let avatars: Vec<&str> = members.iter().map(|m| m.avatar.as_str()).collect();
         let start = json!({ "boolean": true, "id": room, "users": users, "avatars": avatars });
-        sent(&state, &socket.within(room.clone()));
-        if let Err(err) = socket.within(room).emit("startChat", &start).await {
-            tracing::warn!(%err, "startChat broadcast failed");
-        }
+        broadcast(&state, socket.within(room), "startChat", &start).await;
     }
 }
 
@@ -212,10 +220,7 @@ async fn on_msg(
     }
     // The sender's name and picture come from its seat, not from the message: no spoofing.
     let body = json!({ "msg": text, "user": seat.user, "img": seat.avatar });
-    sent(&state, &socket.to(seat.room.clone()));
-    if let Err(err) = socket.to(seat.room).emit("receive", &body).await {
-        tracing::warn!(%err, "chat message broadcast failed");
-    }
+    broadcast(&state, socket.to(seat.room), "receive", &body).await;
 }
 
 async fn on_disconnect(
@@ -239,10 +244,7 @@ async fn on_disconnect(
     }
     let body =
         json!({ "boolean": true, "room": seat.room, "user": seat.user, "avatar": seat.avatar });
-    sent(&state, &socket.to(seat.room.clone()));
-    if let Err(err) = socket.to(seat.room).emit("leave", &body).await {
-        tracing::warn!(%err, "chat leave broadcast failed");
-    }
+    broadcast(&state, socket.to(seat.room), "leave", &body).await;
 }
 
 #[cfg(test)]
