@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use serde_json::{Value, json};
@@ -123,6 +124,7 @@ pub struct Client {
     session: Mutex<Option<Session>>,
     topics: Mutex<BTreeSet<Topic>>,
     queue: Mutex<Queue>,
+    gone: AtomicBool,
 }
 
 impl Client {
@@ -141,6 +143,7 @@ impl Client {
             session: Mutex::new(None),
             topics: Mutex::new(BTreeSet::new()),
             queue: Mutex::new(Queue::default()),
+            gone: AtomicBool::new(false),
         })
     }
 
@@ -221,6 +224,9 @@ impl Client {
     }
 
     async fn apply(self: &Arc<Self>, state: &AppState, Job { request, reply }: Job) {
+        if self.gone.load(Ordering::Acquire) {
+            return;
+        }
         if let Request::Authenticate(creds) = request {
             let outcome = self.authenticate(state, &creds).await;
             let body = outcome
@@ -333,6 +339,10 @@ impl Client {
                 .presence
                 .join(topic.as_str(), &self.key, &session.user_id)
                 .await?;
+            if self.gone.load(Ordering::Acquire) {
+                // The connection closed meanwhile and its cleanup may have run already.
+                self.leave_all(state).await;
+            }
         }
         Ok(Reply::Done(json!({ "ok": true, "topic": topic.as_str() })))
     }
@@ -380,6 +390,7 @@ impl Client {
 
     /// The connection is gone: forget its session and subscriptions (presence included).
     pub async fn closed(&self, state: &AppState) {
+        self.gone.store(true, Ordering::Release);
         if let Some(session) = self.session() {
             state.connections.unregister(&session.token_hash, &self.key);
         }

@@ -5,6 +5,7 @@
 //! - [`state`]: [`state::AppState`], shared by every handler.
 //! - [`error`]: error codes and the `{ error: { code, message } }` shape.
 //! - [`auth`]: tokens, password hashes, sessions.
+//! - [`email`]: e-mail address validation.
 //! - [`store`]: store traits and their in-memory implementations; Redis keys.
 //! - [`topics`]: topic validation and access rules.
 //! - [`request`]: client requests, parsed once into a typed [`request::Request`].
@@ -39,6 +40,7 @@ pub mod client;
 pub mod config;
 pub mod connections;
 pub mod delivery;
+pub mod email;
 pub mod error;
 pub mod events;
 pub mod http;

@@ -210,8 +210,17 @@ async fn serve(
                     }
                     WsOut::Close(code, reason) => (close_with(code, reason), Some(reason)),
                 };
-                if sink.send(message).await.is_err() {
-                    return "transport_error";
+                // A client that stopped reading blocks this write; it gets as long as a silent
+                // client gets, then its connection is dropped whatever its queue holds.
+                match tokio::time::timeout(silence_limit, sink.send(message)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return "transport_error",
+                    Err(_) => {
+                        if let Some(conn) = &outbox.conn {
+                            conn.close();
+                        }
+                        return "heartbeat_timeout";
+                    }
                 }
                 if let Some(reason) = end {
                     return if reason == DRAINING { "closing_server" } else { "unauthorized" };
@@ -222,7 +231,11 @@ async fn serve(
                     sink.send(close_with(crate::delivery::hub::GOING_AWAY, "ping timeout")).await.ok();
                     return "heartbeat_timeout";
                 }
-                if sink.send(Message::Ping(bytes::Bytes::from_static(b"fanout"))).await.is_err() {
+                let ping = sink.send(Message::Ping(bytes::Bytes::from_static(b"fanout")));
+                if !matches!(tokio::time::timeout(silence_limit, ping).await, Ok(Ok(()))) {
+                    if let Some(conn) = &outbox.conn {
+                        conn.close();
+                    }
                     return "transport_error";
                 }
             }

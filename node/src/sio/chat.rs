@@ -11,8 +11,8 @@ use socketioxide::extract::{Event, SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
 
 use super::{conn_key, disconnect_label};
+use crate::email::validate_email;
 use crate::error::AppError;
-use crate::http::users::validate_email;
 use crate::io::NodeAdapter;
 use crate::state::AppState;
 use crate::store::{ChatMember, SeatClaim};

@@ -102,7 +102,7 @@ mod tests {
         TokenRecord {
             user_id: UserId::new("1"),
             ttl,
-            created: crate::auth::now_rfc3339(),
+            created: "2026-11-29T10:00:00.000Z".into(),
             scopes: vec![],
         }
     }
