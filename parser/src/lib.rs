@@ -87,7 +87,8 @@ impl Parse for CommonParser {
             });
         }
         if let Some(bins) = packet::attachments_mut(&mut packet) {
-            bins.reserve_exact(expected);
+            // The count comes from the client: no big allocation before the data arrives.
+            bins.reserve(expected.min(16));
         }
         state.incoming_binary_cnt.store(expected, Ordering::Release);
         *partial = Some(PartialBinPacket::new(packet));

@@ -10,8 +10,8 @@ use std::{cell::RefCell, collections::VecDeque};
 
 use bytes::Bytes;
 use serde::ser::{
-    Error as _, Serialize, SerializeMap, SerializeSeq, SerializeStruct, SerializeStructVariant,
-    SerializeTuple, SerializeTupleStruct, SerializeTupleVariant, Serializer,
+    Serialize, SerializeMap, SerializeSeq, SerializeStruct, SerializeStructVariant, SerializeTuple,
+    SerializeTupleStruct, SerializeTupleVariant, Serializer,
 };
 use socketioxide_core::{Str, Value, parser::is_ser_tuple};
 
@@ -23,25 +23,38 @@ pub(crate) fn to_value<T: ?Sized + Serialize>(
     event: Option<&str>,
 ) -> serde_json::Result<Value> {
     let bins = Attachments::default();
-    let mut buf = Vec::with_capacity(128);
-    let json = &mut serde_json::Serializer::new(&mut buf);
-    let root = Ser {
-        inner: json,
+    let text = serde_json::to_string(&Payload {
+        data,
+        event,
         bins: &bins,
-        root: Some(event),
-    };
-    if is_ser_tuple(data) {
-        data.serialize(root)?;
-    } else {
-        (data,).serialize(root)?;
-    }
-    // serde_json writes UTF-8 only; this check cannot fail but keeps the crate free of unsafe.
-    let text = String::from_utf8(buf).map_err(serde_json::Error::custom)?;
+    })?;
     let bins = bins.into_inner();
     Ok(Value::Str(
         Str::from(text),
         (!bins.is_empty()).then_some(bins),
     ))
+}
+
+/// The whole payload, serialized by serde_json through a root [`Ser`].
+struct Payload<'a, T: ?Sized> {
+    data: &'a T,
+    event: Option<&'a str>,
+    bins: &'a Attachments,
+}
+
+impl<T: ?Sized + Serialize> Serialize for Payload<'_, T> {
+    fn serialize<S: Serializer>(&self, inner: S) -> Result<S::Ok, S::Error> {
+        let root = Ser {
+            inner,
+            bins: self.bins,
+            root: Some(self.event),
+        };
+        if is_ser_tuple(self.data) {
+            self.data.serialize(root)
+        } else {
+            (self.data,).serialize(root)
+        }
+    }
 }
 
 /// serde_json serializer wrapper. `root` is `Some(event)` for the top-level value only.
