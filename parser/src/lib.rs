@@ -13,8 +13,9 @@
 //! two things as `&str` borrowed from the JSON text, which serde_json cannot do for a string
 //! written with escapes — and python-socketio escapes every non-ASCII character:
 //!
-//! * the first key of every object while looking for binary placeholders, so
-//!   `{"pr\u00e9nom": "Zo\u00e9"}` failed to decode into `serde_json::Value` or a struct;
+//! * the first key of every object reached through `deserialize_any` while looking for
+//!   binary placeholders, so `{"pr\u00e9nom": "Zo\u00e9"}` failed to decode into a
+//!   `serde_json::Value` (also nested in a struct) or an untagged enum;
 //! * the event name in `read_event`, so an event named `café` (`"caf\u00e9"`) or `a"b`
 //!   (`"a\"b"`) made socketioxide close the whole connection.
 //!

@@ -282,6 +282,21 @@ fn escaped_first_keys_decode_into_owned_types() {
         }
     );
 
+    #[derive(Deserialize, Debug, PartialEq)]
+    struct Publish {
+        topic: String,
+        data: Json,
+    }
+    let mut v = Value::Str(
+        r#"["publish",{"\u0074opic":"caf\u00e9","data":{"\u00e9":{"\u00fc":[{"\"":1}]}}}]"#.into(),
+        None,
+    );
+    let got: Publish = P.decode_value(&mut v, true).unwrap();
+    assert_eq!(got.topic, "café");
+    assert_eq!(got.data, json!({"é": {"ü": [{"\"": 1}]}}));
+    let got: std::collections::BTreeMap<String, Json> = P.decode_value(&mut v, true).unwrap();
+    assert_eq!(got["topic"], json!("café"));
+
     // the same with binary attachments present (the placeholder-aware path)
     let state = ParserState::default();
     let wire = r#"51-["p",{"pr\u00e9nom":"Zo\u00e9","b":{"_placeholder":true,"num":0}}]"#;
