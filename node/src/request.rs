@@ -62,7 +62,7 @@ impl Request {
     /// for every non-ASCII character) included.
     pub fn from_socketio_event(raw: &str) -> Result<Request, AppError> {
         let items: Vec<Value> = serde_json::from_str(raw)
-            .map_err(|err| AppError::bad_request(format!("event is not a JSON array: {err}")))?;
+            .map_err(|err| AppError::bad_request(format!("event cannot be decoded: {err}")))?;
         let mut items = items.into_iter();
         let name = match items.next() {
             Some(Value::String(name)) => name,

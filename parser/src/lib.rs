@@ -44,6 +44,14 @@ mod ser;
 #[cfg(test)]
 mod tests;
 
+/// The JSON text `["name", …args]` of a decoded EVENT / BINARY_EVENT payload, exactly as the
+/// client sent it (without the unescaped event name this parser may carry in front of it).
+/// For an application that decodes events itself: fanout's namespace `/` turns it into owned
+/// values in one pass. Not part of upstream's API.
+pub fn event_json(payload: &str) -> &str {
+    name::json_of(payload)
+}
+
 /// Parses and serializes the Socket.IO "common" packet format (JSON text packets plus
 /// binary attachment frames). Stateless: per-connection state lives in [`ParserState`].
 #[derive(Debug, Default, Clone, Copy)]

@@ -22,6 +22,7 @@ use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::{FromMessageParts, Value as PacketValue};
 use socketioxide::socket::{DisconnectReason, Sid, Socket};
 use socketioxide::{SendError, SocketError};
+use socketioxide_parser_common::event_json;
 use tracing::Instrument;
 
 use super::{conn_key, disconnect_label, websocket_conn};
@@ -206,11 +207,12 @@ impl FromMessageParts<NodeAdapter> for Queued {
         ) else {
             return Ok(Queued(Mutex::new(None)));
         };
-        // The packet's raw JSON `["name", arg, …]`, decoded here (see Request::from_socketio_event).
+        // The packet's JSON `["name", arg, …]` as the client sent it, decoded here into owned
+        // values (see Request::from_socketio_event).
         let request = match v {
-            PacketValue::Str(raw, None) => Request::from_socketio_event(raw),
+            PacketValue::Str(raw, None) => Request::from_socketio_event(event_json(raw)),
             PacketValue::Str(raw, Some(bins)) if bins.is_empty() => {
-                Request::from_socketio_event(raw)
+                Request::from_socketio_event(event_json(raw))
             }
             _ => Err(AppError::bad_request(
                 "binary data is not supported on namespace /: topic messages are JSON",

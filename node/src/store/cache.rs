@@ -102,7 +102,7 @@ mod tests {
         TokenRecord {
             user_id: UserId::new("1"),
             ttl,
-            created: "2026-11-29T10:00:00.000Z".into(),
+            created: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             scopes: vec![],
         }
     }

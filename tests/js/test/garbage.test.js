@@ -122,17 +122,21 @@ describe('garbage', () => {
 
     // socket.io-client JSON-escapes these names ("a\"b", "a\\b", "\n", "\u0000", "\ud800").
     // The published socketioxide-parser-common 0.17.3 could not read such a name and
-    // socketioxide closed the connection; our own parser (parser/) decodes it (a lone
-    // surrogate becomes U+FFFD), so it is an unknown event like any other and the
-    // connection stays usable.
+    // socketioxide closed the connection; our own parser (parser/) reads it, so it is an
+    // unknown event like any other and the connection stays usable. A lone surrogate cannot
+    // be a Unicode string at all: namespace `/` answers it with a precise bad_request.
     it('event names that need JSON escapes → unknown_method ack; the connection stays', async () => {
       const s = await h.connect(node.url, { auth: { token: user.token } });
       const disc = [];
       s.on('disconnect', (r) => disc.push(r));
-      for (const name of ['a"b', 'a\\b', 'a\nb', 'tab\t', 'a\u0000b', '\uD800', 'café-x']) {
+      for (const name of ['a"b', 'a\\b', 'a\nb', 'tab\t', 'a\u0000b', 'café-x']) {
         const ack = await h.emitAck(s, name, { 'prénom': 'Zoé' });
         assert.equal(ack?.error?.code, 'unknown_method', `event name ${JSON.stringify(name)}`);
       }
+      // A lone surrogate is valid JSON syntax but no Unicode string: a precise error.
+      const lone = await h.emitAck(s, '\uD800', {});
+      assert.equal(lone?.error?.code, 'bad_request', JSON.stringify(lone));
+      assert.match(lone.error.message, /cannot be decoded/);
       assert.deepEqual(disc, []);
       assert.equal(s.connected, true);
       assert.equal((await h.emitAck(s, 'whoami')).result.userId, user.userId);
