@@ -80,7 +80,7 @@ impl RequestType {
     }
 }
 
-/// The channel names of one namespace (`§2.2` of the protocol notes).
+/// The channel names of one namespace (the table in `adapter/README.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Channels {
     /// `key#nsp#`: broadcasts to zero or several rooms; prefix of every broadcast channel.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: fanout vs the Node.js reference peer (node-ref), same workload,
-# same machine, loopback only. Starts Redis plus N nodes of each system in turn, runs
+# Side-by-side benchmark: fanout vs the Node.js reference server (deploy/bench/node-ref:
+# socket.io + @socket.io/redis-adapter, pinned), same workload, same machine, loopback only. Starts Redis plus N nodes of each system in turn, runs
 # fanout-loadtest against each, and prints one table with ratios to node-ref.
 #
 #   deploy/bench/compare.sh rooms                     # 3000 clients, 30 topics, 200 msg/s
@@ -29,7 +29,7 @@ OUT=${OUT:-target/bench/$(date +%Y%m%d-%H%M%S)-$WORKLOAD}
 mkdir -p "$OUT"
 LT=target/release/fanout-loadtest
 NODE_BIN=target/release/fanout-node
-PEER_DIR=loadtest/peers-run/node-ref
+PEER_DIR=deploy/bench/node-ref
 
 PIDS=()
 cleanup() {
@@ -56,12 +56,7 @@ wait_http() { # url
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   cargo build --release -p fanout-node -p fanout-loadtest
 fi
-if [[ ! -d "$PEER_DIR/node_modules" ]]; then
-  mkdir -p "$(dirname "$PEER_DIR")"
-  cp -r "$ROOT/../shared/peers/node-ref" "$(dirname "$PEER_DIR")/" 2>/dev/null \
-    || cp -r /work/shared/peers/node-ref "$(dirname "$PEER_DIR")/"
-  (cd "$PEER_DIR" && npm ci --no-audit --no-fund)
-fi
+(cd "$PEER_DIR" && npm ci --no-audit --no-fund --loglevel=error)
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$OUT/redis.log" 2>&1 &
 PIDS+=($!)
@@ -88,7 +83,7 @@ start_noderef() { # n -> sets REF_PIDS, REF_URLS
   REF_PIDS=(); REF_URLS=()
   for i in $(seq "$1"); do
     local port=$((7100 + i))
-    (cd "$PEER_DIR" && PORT=$port REDIS_URL="$REDIS_URL" exec node server.js) >"$OUT/node-ref-$i.log" 2>&1 &
+    (cd "$PEER_DIR" && PORT=$port REDIS_URL="$REDIS_URL" exec node server.mjs) >"$OUT/node-ref-$i.log" 2>&1 &
     REF_PIDS+=($!); PIDS+=($!)
     REF_URLS+=("http://127.0.0.1:$port")
   done

@@ -8,6 +8,8 @@ use rand::Rng;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::error::{AuthError, chain};
+
 /// How to obtain tokens.
 #[derive(Debug, Clone)]
 pub enum AuthSource {
@@ -50,7 +52,7 @@ pub struct Tokens {
 }
 
 /// Obtains tokens; an error means none could be had at all.
-pub async fn obtain(src: &AuthSource) -> Result<Tokens, String> {
+pub async fn obtain(src: &AuthSource) -> Result<Tokens, AuthError> {
     let out = match src {
         AuthSource::Rest {
             base,
@@ -59,7 +61,10 @@ pub async fn obtain(src: &AuthSource) -> Result<Tokens, String> {
             password,
         } => rest_tokens(base, *users, prefix, password).await,
         AuthSource::File(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+            let text = std::fs::read_to_string(path).map_err(|source| AuthError::TokenFile {
+                path: path.clone(),
+                source,
+            })?;
             Tokens {
                 tokens: text
                     .lines()
@@ -78,11 +83,10 @@ pub async fn obtain(src: &AuthSource) -> Result<Tokens, String> {
         } => seed_redis(url, *count, key_prefix, *ttl).await?,
     };
     if out.tokens.is_empty() {
-        return Err(format!(
-            "no token obtained ({} failures: {})",
-            out.failures,
-            out.samples.join("; ")
-        ));
+        return Err(AuthError::NoToken {
+            failures: out.failures,
+            samples: out.samples.join("; "),
+        });
     }
     Ok(out)
 }
@@ -117,7 +121,7 @@ async fn rest_tokens(base: &str, users: usize, prefix: &str, password: &str) -> 
             Ok(Err(e)) => {
                 out.failures += 1;
                 if out.samples.len() < 3 {
-                    out.samples.push(e);
+                    out.samples.push(chain(&e));
                 }
             }
             Err(e) => {
@@ -137,7 +141,7 @@ pub async fn login_one(
     base: &str,
     username: &str,
     password: &str,
-) -> Result<String, String> {
+) -> Result<String, AuthError> {
     let email = format!("{username}@loadtest.invalid");
     // An existing user (409) is fine; any other failure shows up in the login error.
     let created = match http
@@ -158,21 +162,27 @@ pub async fn login_one(
         }
         Err(e) => format!(" (create user: {e})"),
     };
+    let login_err = |source| AuthError::Login {
+        username: username.to_owned(),
+        source,
+    };
     let resp = http
         .post(format!("{base}/api/users/login"))
         .json(&json!({ "username": username, "password": password, "ttl": 86_400 }))
         .send()
         .await
-        .map_err(|e| format!("login {username}: {e}"))?;
+        .map_err(login_err)?;
     let status = resp.status();
-    let body: Value = resp
-        .json()
-        .await
-        .map_err(|e| format!("login {username}: {status}: {e}"))?;
+    let body: Value = resp.json().await.map_err(login_err)?;
     body.get("id")
         .and_then(Value::as_str)
         .map(str::to_owned)
-        .ok_or_else(|| format!("login {username}: {status}: {body}{created}"))
+        .ok_or_else(|| AuthError::Refused {
+            username: username.to_owned(),
+            status,
+            body: body.to_string(),
+            create: created,
+        })
 }
 
 /// `sha256(token)` as lowercase hex: the Redis key suffix of a token.
@@ -180,12 +190,21 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-async fn seed_redis(url: &str, count: usize, key_prefix: &str, ttl: u64) -> Result<Tokens, String> {
-    let client = redis::Client::open(url).map_err(|e| format!("redis {url}: {e}"))?;
+async fn seed_redis(
+    url: &str,
+    count: usize,
+    key_prefix: &str,
+    ttl: u64,
+) -> Result<Tokens, AuthError> {
+    let seed_err = |source| AuthError::Seed {
+        url: url.to_owned(),
+        source,
+    };
+    let client = redis::Client::open(url).map_err(seed_err)?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| format!("redis {url}: {e}"))?;
+        .map_err(seed_err)?;
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -210,9 +229,7 @@ async fn seed_redis(url: &str, count: usize, key_prefix: &str, ttl: u64) -> Resu
             .ignore();
         tokens.push(token);
     }
-    pipe.query_async::<()>(&mut conn)
-        .await
-        .map_err(|e| format!("redis SET: {e}"))?;
+    pipe.query_async::<()>(&mut conn).await.map_err(seed_err)?;
     Ok(Tokens {
         tokens,
         ..Tokens::default()

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod client;
 pub mod compare;
+pub mod error;
 pub mod plot;
 pub mod report;
 pub mod scenario;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use fanout_loadtest::auth::AuthSource;
+use fanout_loadtest::error::{Error, chain};
 use fanout_loadtest::report::Report;
 use fanout_loadtest::scenario::{self, Plan, Workload};
 use fanout_loadtest::{compare, plot, sys};
@@ -255,17 +256,23 @@ fn preset(w: Workload) -> Preset {
     }
 }
 
-fn load_reports(paths: &[String]) -> Result<Vec<Report>, String> {
+fn load_reports(paths: &[String]) -> Result<Vec<Report>, Error> {
     paths
         .iter()
         .map(|p| {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"))?;
-            serde_json::from_str(&text).map_err(|e| format!("{p}: {e}"))
+            let text = std::fs::read_to_string(p).map_err(|source| Error::File {
+                path: p.clone(),
+                source,
+            })?;
+            serde_json::from_str(&text).map_err(|source| Error::Report {
+                path: p.clone(),
+                source,
+            })
         })
         .collect()
 }
 
-fn run_cmd(a: RunArgs) -> Result<(), String> {
+fn run_cmd(a: RunArgs) -> Result<(), Error> {
     let p = preset(a.workload);
     let threads = a.threads.unwrap_or_else(sys::cpus).max(1);
     let first_url = a.urls.first().cloned().unwrap_or_default();
@@ -346,7 +353,7 @@ fn run_cmd(a: RunArgs) -> Result<(), String> {
         .worker_threads(threads)
         .enable_all()
         .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
+        .map_err(Error::Runtime)?;
     let report = rt.block_on(scenario::run(plan))?;
     // Closing thousands of sockets can leave tasks behind; don't wait for them.
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -358,12 +365,15 @@ fn run_cmd(a: RunArgs) -> Result<(), String> {
         print!("{table}");
     }
     if let Some(path) = &a.json {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        let text = serde_json::to_string_pretty(&report)?;
         if path == "-" {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{text}");
         } else {
-            std::fs::write(path, text).map_err(|e| format!("{path}: {e}"))?;
+            std::fs::write(path, text).map_err(|source| Error::File {
+                path: path.clone(),
+                source,
+            })?;
         }
     }
     if let Some(svg) = &a.svg {
@@ -400,7 +410,7 @@ fn main() {
         }
     };
     if let Err(e) = res {
-        eprintln!("fanout-loadtest: {e}");
+        eprintln!("fanout-loadtest: {}", chain(&e));
         std::process::exit(1);
     }
 }

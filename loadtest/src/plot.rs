@@ -3,6 +3,7 @@
 
 use plotters::prelude::*;
 
+use crate::error::Error;
 use crate::report::Report;
 
 /// Maps a percentile to the x axis: `-log10(1 - p/100)`, so 90 → 1, 99 → 2, 99.9 → 3.
@@ -12,7 +13,7 @@ pub fn nines(p: f64) -> f64 {
 }
 
 /// Writes an SVG with one latency-percentile line per report to `path`.
-pub fn latency_svg(reports: &[Report], path: &str, title: &str) -> Result<(), String> {
+pub fn latency_svg(reports: &[Report], path: &str, title: &str) -> Result<(), Error> {
     let lines: Vec<(String, Vec<(f64, f64)>)> = reports
         .iter()
         .filter(|r| !r.latency_curve.is_empty())
@@ -26,7 +27,10 @@ pub fn latency_svg(reports: &[Report], path: &str, title: &str) -> Result<(), St
         })
         .collect();
     if lines.is_empty() {
-        return Err("no latency data to plot".to_owned());
+        return Err(Error::Plot {
+            path: path.to_owned(),
+            message: "no latency data to plot".to_owned(),
+        });
     }
     let x_max = lines
         .iter()
@@ -44,7 +48,10 @@ pub fn latency_svg(reports: &[Report], path: &str, title: &str) -> Result<(), St
         .clamp(0.001, 1.0)
         * 0.7;
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
-    let err = |e: &dyn std::fmt::Display| format!("plot {path}: {e}");
+    let err = |e: &dyn std::fmt::Display| Error::Plot {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))

@@ -171,7 +171,10 @@ test("@socket.io/redis-emitter reaches fanout Socket.IO and /ws subscribers", as
     ws.onopen = resolve;
     ws.onerror = (e) => reject(e.error ?? e);
   });
+  // /ws runs a connection's requests concurrently: subscribe only once authenticated.
   ws.send(JSON.stringify({ type: "authenticate", callback_id: 1, data: { token } }));
+  for (let i = 0; i < 100 && !replies.has(1); i += 1) await sleep(20);
+  assert.equal(replies.get(1)?.result, true);
   ws.send(JSON.stringify({ type: "subscribe", callback_id: 2, data: { topic: "from-emitter" } }));
   for (let i = 0; i < 100 && !replies.has(2); i += 1) await sleep(20);
   assert.equal(replies.get(2)?.result, true);

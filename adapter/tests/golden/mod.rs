@@ -1,8 +1,11 @@
-//! Golden-vector tests: the Redis traffic captured from socket.io 4.8.4 +
-//! @socket.io/redis-adapter 8.3.0 + @socket.io/redis-emitter 5.1.0
-//! (`shared/reference/node-redis-adapter-golden/trace-classic.json`) and the worked example
-//! of the protocol notes (§5). Decoding must accept every captured message, and
-//! re-encoding what Node sent must give Node's bytes back.
+//! Golden-vector tests: the Redis traffic of socket.io 4.8.4 + @socket.io/redis-adapter
+//! 8.3.0 + @socket.io/redis-emitter 5.1.0, captured on a real redis-server by
+//! `capture/capture.sh` into `trace-classic.json` (see `README.md` beside this file), and
+//! the worked byte-level example of a room broadcast. Decoding must accept every captured
+//! message, and re-encoding what Node sent must give Node's bytes back.
+//!
+//! Compiled as a unit-test module of the crate (`#[path]` in `lib.rs`) because it checks
+//! the crate's private conversions too; it reads nothing outside this folder.
 
 use std::path::PathBuf;
 
@@ -19,8 +22,7 @@ use socketioxide_core::parser::Parse;
 use socketioxide_parser_common::CommonParser;
 
 fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/reference/node-redis-adapter-golden")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
 fn load_trace(name: &str) -> Vec<serde_json::Value> {
@@ -216,9 +218,10 @@ fn common_str(packet: &Packet) -> String {
     }
 }
 
-/// §5.1: `io.to("r1").emit("hello", {a: 1})` from uid `Xy12ab` → exactly these 63 bytes.
+/// `io.to("r1").emit("hello", {a: 1})` from uid `Xy12ab` → exactly these 63 bytes (the
+/// bytes of the first broadcast of the capture with its uid replaced).
 #[test]
-fn worked_example_5_1_byte_exact() {
+fn room_broadcast_byte_exact() {
     let expected = hex::decode(concat!(
         "93",
         "a6587931326162",
@@ -241,6 +244,14 @@ fn worked_example_5_1_byte_exact() {
     ))
     .unwrap();
     assert_eq!(expected.len(), 63);
+    // the capture's first broadcast is the same message from another uid
+    let (_, _, captured, _) = publishes()
+        .into_iter()
+        .find(|p| p.0 == "socket.io#/#r1#" && p.1 == "node0-pub")
+        .unwrap();
+    let mut msg = BroadcastMessage::decode(&captured).unwrap();
+    msg.0 = "Xy12ab".into();
+    assert_eq!(hex::encode(msg.encode().unwrap()), hex::encode(&expected));
 
     let value = CommonParser
         .encode_value(&serde_json::json!({"a": 1}), Some("hello"))
@@ -265,7 +276,7 @@ fn worked_example_5_1_byte_exact() {
     assert_eq!(common_str(&back), r#"["hello",{"a":1}]"#);
 }
 
-/// Binary stays inline (msgpack `bin`), type 2, never placeholders (§1.1).
+/// Binary stays inline (msgpack `bin`), type 2, never placeholders.
 #[test]
 fn binary_is_inline_and_roundtrips() {
     let trace = publishes();
