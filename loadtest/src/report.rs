@@ -228,6 +228,21 @@ pub struct DeliveryStats {
     pub unparsable: u64,
     /// Reorders by publisher id.
     pub reordered_by_publisher: Vec<u64>,
+    /// Deliveries owed over the whole run, warm-up included: for every accepted message, the
+    /// subscribers of its topic (what the servers' own counters must add up to).
+    #[serde(default)]
+    pub expected_all: u64,
+}
+
+/// The servers' own account of a run, from `/metrics` of every target (fanout only): the
+/// deliveries they handed to a subscriber and the ones they dropped, counted, since before
+/// the clients connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerDelivery {
+    /// `fanout_topic_messages_delivered_total`, summed over targets.
+    pub delivered: u64,
+    /// `fanout_messages_dropped_total`, every transport and reason, summed over targets.
+    pub dropped: u64,
 }
 
 impl DeliveryStats {
@@ -250,12 +265,16 @@ pub fn account(ledgers: &[PublisherLedger], trackers: &[Tracker]) -> DeliverySta
         .max()
         .map_or(0, |m| m as usize + 1);
     let mut per_topic = vec![0u64; max_topic];
+    let mut per_topic_all = vec![0u64; max_topic];
     let mut stats = DeliveryStats {
         reordered_by_publisher: vec![0; ledgers.len()],
         ..DeliveryStats::default()
     };
     for l in ledgers {
         for e in &l.entries {
+            if !e.failed {
+                per_topic_all[e.topic as usize] += 1;
+            }
             if !e.in_window {
                 continue;
             }
@@ -269,6 +288,11 @@ pub fn account(ledgers: &[PublisherLedger], trackers: &[Tracker]) -> DeliverySta
     }
     for t in trackers {
         stats.expected += t.topics.iter().map(|&k| per_topic[k as usize]).sum::<u64>();
+        stats.expected_all += t
+            .topics
+            .iter()
+            .map(|&k| per_topic_all[k as usize])
+            .sum::<u64>();
         stats.unparsable += t.unparsable;
         for (p, track) in t.per_pub.iter().enumerate() {
             stats.duplicates += track.duplicates;
@@ -457,6 +481,9 @@ pub struct Report {
     pub generator: GeneratorStats,
     /// Targets' memory.
     pub targets_mem: Vec<TargetMem>,
+    /// The servers' delivered and dropped counters over the run (fanout targets only).
+    #[serde(default)]
+    pub server: Option<ServerDelivery>,
     /// Growth of the targets' summed RSS per connected client, bytes (connect workload).
     pub rss_per_connection: Option<f64>,
     /// Periodic samples.
@@ -523,6 +550,16 @@ impl Report {
                 d.reordered,
                 d.unexpected
             );
+            if let Some(sv) = &self.server {
+                let _ = writeln!(
+                    o,
+                    "server account     delivered {} + dropped {} = {}  (owed over the run: {} = published × subscribers)",
+                    sv.delivered,
+                    sv.dropped,
+                    sv.delivered + sv.dropped,
+                    d.expected_all
+                );
+            }
             let _ = writeln!(
                 o,
                 "throughput         {:.0} deliveries/s",

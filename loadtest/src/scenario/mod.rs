@@ -32,13 +32,14 @@ use tokio::sync::watch;
 use crate::auth::{self, AuthSource, Tokens};
 use crate::error::RunError;
 use crate::report::{
-    self, GeneratorStats, Percentiles, PublisherLedger, Report, Sample, TargetMem, Tracker,
+    self, GeneratorStats, Percentiles, PublisherLedger, Report, Sample, ServerDelivery, TargetMem,
+    Tracker,
 };
 use crate::sys;
 use monitor::{Snapshot, TargetProbe, sum_rss};
 use shared::{Shared, topic_names};
 
-pub use monitor::parse_metrics;
+pub use monitor::{parse_delivery, parse_metrics};
 pub use shared::publisher_topics;
 
 /// The named workloads.
@@ -168,6 +169,7 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
     let http = auth::http_client();
     let probe = TargetProbe::new(http.clone(), &plan);
     let before = probe.snapshot().await;
+    let delivery_before = probe.delivery().await;
     let (stop_tx, stop_rx) = watch::channel(false);
     let lag = monitor::spawn_lag_probe(sh.clone(), stop_rx.clone());
     let mut sampler = monitor::spawn_sampler(
@@ -185,6 +187,14 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
         publishers::publish_all(&plan, &names, &tokens, source_ips, &sh, &http, &probe, &pb).await?
     } else {
         hold(&plan, &sh, &probe, &pb, &connected, sum_rss(&before)).await
+    };
+    let delivery_after = probe.delivery().await;
+    let server = match (delivery_before, delivery_after) {
+        (Some(b), Some(a)) => Some(ServerDelivery {
+            delivered: a.delivered.saturating_sub(b.delivered),
+            dropped: a.dropped.saturating_sub(b.dropped),
+        }),
+        _ => None,
     };
     let snapshots = sampler
         .snapshots
@@ -219,6 +229,7 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
         measured,
         &trackers,
         mem,
+        server,
         samples,
         recvq_max,
     ))
@@ -310,6 +321,7 @@ fn build_report(
     measured: Measured,
     trackers: &[Tracker],
     mem: Vec<TargetMem>,
+    server: Option<ServerDelivery>,
     samples: Vec<Sample>,
     recvq_max: u64,
 ) -> Report {
@@ -377,6 +389,7 @@ fn build_report(
         window_secs: window.as_secs_f64(),
         generator,
         targets_mem: mem,
+        server: if workload.publishes() { server } else { None },
         rss_per_connection,
         samples,
         warnings: Vec::new(),
@@ -435,6 +448,14 @@ pub fn warnings(r: &Report, rate: f64, publishes: bool) -> Vec<String> {
                 d.loss_ratio() * 100.0
             ));
         }
+        if let Some(sv) = &r.server
+            && sv.delivered + sv.dropped != d.expected_all
+        {
+            w.push(format!(
+                "server account off: delivered {} + dropped {} != {} owed (published × subscribers)",
+                sv.delivered, sv.dropped, d.expected_all
+            ));
+        }
         if d.duplicates > 0 || d.unexpected > 0 {
             w.push(format!(
                 "{} duplicate and {} unexpected deliveries",
@@ -474,6 +495,21 @@ mod tests {
         assert_eq!(source_ip(0, 0), None);
         assert_eq!(source_ip(0, 2), Some("127.0.0.1".parse().unwrap()));
         assert_eq!(source_ip(3, 2), Some("127.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn parses_the_servers_delivery_counters() {
+        let text = "# HELP x\nfanout_topic_messages_delivered_total 40\n\
+fanout_messages_dropped_total{reason=\"slow_consumer\",transport=\"ws\"} 3\n\
+fanout_messages_dropped_total{reason=\"closed\",transport=\"socketio\"} 2\n";
+        assert_eq!(
+            parse_delivery(text),
+            Some(ServerDelivery {
+                delivered: 40,
+                dropped: 5
+            })
+        );
+        assert_eq!(parse_delivery("socketio_connected 3\n"), None);
     }
 
     #[test]

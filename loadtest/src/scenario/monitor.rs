@@ -14,7 +14,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::Plan;
 use super::shared::Shared;
-use crate::report::{Sample, TargetMem};
+use crate::report::{Sample, ServerDelivery, TargetMem};
 use crate::sys;
 
 /// One target's memory facts: name (`pid:N` or URL), RSS bytes, sockets on `/`.
@@ -54,7 +54,55 @@ pub fn parse_metrics(text: &str) -> (Option<u64>, Option<f64>) {
     (rss, sockets)
 }
 
+/// Sums `fanout_topic_messages_delivered_total` and every `fanout_messages_dropped_total`
+/// series from Prometheus text; None when the target exports neither (not a fanout node).
+pub fn parse_delivery(text: &str) -> Option<ServerDelivery> {
+    let mut out = ServerDelivery::default();
+    let mut seen = false;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, val)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(val) = val.parse::<f64>() else {
+            continue;
+        };
+        if name == "fanout_topic_messages_delivered_total" {
+            out.delivered += val as u64;
+            seen = true;
+        } else if name.starts_with("fanout_messages_dropped_total") {
+            out.dropped += val as u64;
+            seen = true;
+        }
+    }
+    seen.then_some(out)
+}
+
 impl TargetProbe {
+    /// The targets' delivery counters, summed; None when no target exports them.
+    pub(super) async fn delivery(&self) -> Option<ServerDelivery> {
+        let mut sum: Option<ServerDelivery> = None;
+        for url in &self.urls {
+            let res = self
+                .http
+                .get(format!("{}/metrics", url.trim_end_matches('/')))
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await;
+            let Ok(text) = (match res {
+                Ok(resp) if resp.status().is_success() => resp.text().await,
+                _ => continue,
+            }) else {
+                continue;
+            };
+            if let Some(d) = parse_delivery(&text) {
+                let acc = sum.get_or_insert_with(ServerDelivery::default);
+                acc.delivered += d.delivered;
+                acc.dropped += d.dropped;
+            }
+        }
+        sum
+    }
+
     pub(super) fn new(http: reqwest::Client, plan: &Plan) -> Self {
         Self {
             http,
