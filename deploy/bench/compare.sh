@@ -15,6 +15,8 @@
 #   REDIS_PORT=6390   Redis started for the run (redis-server must be installed)
 #   OUT=target/bench/<date>-<workload>   where JSON reports, logs and the SVG go
 #   SKIP_BUILD=1      use the existing release binaries
+#   NODE_BIN=…        the fanout-node binary to run (default target/release/fanout-node), e.g.
+#                     an older build for a before/after comparison
 set -euo pipefail
 
 WORKLOAD=${1:?usage: compare.sh WORKLOAD [fanout-loadtest run flags...]}
@@ -28,7 +30,7 @@ REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 OUT=${OUT:-target/bench/$(date +%Y%m%d-%H%M%S)-$WORKLOAD}
 mkdir -p "$OUT"
 LT=target/release/fanout-loadtest
-NODE_BIN=target/release/fanout-node
+NODE_BIN=${NODE_BIN:-target/release/fanout-node}
 PEER_DIR=deploy/bench/node-ref
 
 PIDS=()

@@ -30,7 +30,7 @@ use crate::delivery::hub::{DRAINING, Outbox, SLOW_CONSUMER_CODE, WsHub, WsOut};
 use crate::delivery::outbound::{Admission, CloseReason};
 use crate::error::AppError;
 use crate::listener::TrackedAddr;
-use crate::metrics::{DropReason, DropTransport, Metrics};
+use crate::metrics::{DropReason, DropTransport};
 use crate::request::WsFrame;
 use crate::state::AppState;
 use crate::store::ConnKey;
@@ -185,14 +185,14 @@ async fn serve(
                 match message {
                     Message::Text(text) => {
                         let frame = WsFrame::parse(text.as_str());
-                        let reply = responder(&state.metrics, outbox.clone(), frame.callback_id);
+                        let reply = responder(state, outbox.clone(), frame.callback_id);
                         if let Some(drain) = client.submit(state, frame.request, reply) {
                             tokio::spawn(drain.in_current_span());
                         }
                     }
                     Message::Binary(_) => {
                         let err = AppError::bad_request("binary frames are not supported: send JSON text");
-                        let reply = responder(&state.metrics, outbox.clone(), Value::Null);
+                        let reply = responder(state, outbox.clone(), Value::Null);
                         if let Some(drain) = client.submit(state, Err(err), reply) {
                             tokio::spawn(drain.in_current_span());
                         }
@@ -249,9 +249,10 @@ async fn serve(
 }
 
 /// Answers a request with a reply frame, queued within the connection's budget.
-fn responder(metrics: &Metrics, outbox: Outbox, callback_id: Value) -> Responder {
-    let metrics = metrics.clone();
+fn responder(state: &AppState, outbox: Outbox, callback_id: Value) -> Responder {
+    let state = state.clone();
     Box::new(move |outcome: Result<Reply, AppError>| {
+        let metrics = &state.metrics;
         let reply = match outcome {
             Ok(reply) => ok_reply(callback_id, reply.into_data()),
             Err(err) => error_reply(callback_id, &err),

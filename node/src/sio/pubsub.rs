@@ -234,12 +234,13 @@ fn ack_responder(
     outbound: Arc<Outbound>,
     ack: AckSender<NodeAdapter>,
 ) -> Responder {
-    let metrics = state.metrics.clone();
+    let state = state.clone();
     Box::new(move |outcome: Result<Reply, AppError>| {
         let body = match outcome {
             Ok(reply) => reply.into_ack(),
             Err(err) => err.body(),
         };
+        let metrics = &state.metrics;
         match ack.send(&body) {
             Err(SendError::Socket(SocketError::InternalChannelFull)) => {
                 metrics.messages_dropped(DropTransport::SocketIo, DropReason::SlowConsumer, 1);

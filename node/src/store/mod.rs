@@ -1,5 +1,5 @@
 //! Storage behind traits: access tokens, users, model records and topic presence. Embedded mode
-//! uses [`memory`]; cluster mode uses Redis with the keys of DESIGN.md. Handlers only see
+//! uses [`memory`]; cluster mode uses Redis with the keys of `docs/REDIS.md`. Handlers only see
 //! `Arc<dyn …Store>`, so both modes run the same code.
 
 pub mod cache;
