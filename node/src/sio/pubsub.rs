@@ -81,14 +81,25 @@ impl Transport for SocketTransport {
                     .emit("authenticated", &json!({ "userId": session.user_id }))
                     .ok();
             }
-            Err(err) => {
-                socket
-                    .emit("unauthorized", &json!({ "message": err.message }))
-                    .ok();
-                socket.disconnect().ok();
-            }
+            Err(err) => refuse(socket, &err.message),
         }
     }
+}
+
+/// How long a refused socket keeps its connection after `unauthorized`, so the event is
+/// written before the session ends (a disconnect right away can end the Engine.IO session
+/// while the event still waits in its queue).
+const REFUSAL_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// socketio-auth's refusal: `unauthorized { message }`, then a disconnect.
+fn refuse(socket: NodeSocket, message: &str) {
+    socket
+        .emit("unauthorized", &json!({ "message": message }))
+        .ok();
+    tokio::spawn(async move {
+        tokio::time::sleep(REFUSAL_GRACE).await;
+        socket.disconnect().ok();
+    });
 }
 
 /// The `connect_error` a refused handshake gets: `{ message: "unauthorized" }`.
@@ -160,13 +171,7 @@ pub async fn on_connect(socket: SocketRef<NodeAdapter>, State(state): State<AppS
             if socket.connected() && client.session().is_none() {
                 state.metrics.auth_failed("timeout");
                 tracing::info!("authentication timeout");
-                socket
-                    .emit(
-                        "unauthorized",
-                        &json!({ "message": "authentication timeout" }),
-                    )
-                    .ok();
-                socket.disconnect().ok();
+                refuse(socket, "authentication timeout");
             }
         }
         .instrument(span),
