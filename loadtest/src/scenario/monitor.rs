@@ -82,16 +82,7 @@ impl TargetProbe {
     pub(super) async fn delivery(&self) -> Option<ServerDelivery> {
         let mut sum: Option<ServerDelivery> = None;
         for url in &self.urls {
-            let res = self
-                .http
-                .get(format!("{}/metrics", url.trim_end_matches('/')))
-                .timeout(Duration::from_secs(3))
-                .send()
-                .await;
-            let Ok(text) = (match res {
-                Ok(resp) if resp.status().is_success() => resp.text().await,
-                _ => continue,
-            }) else {
+            let Some(text) = self.metrics_text(url).await else {
                 continue;
             };
             if let Some(d) = parse_delivery(&text) {
@@ -101,6 +92,21 @@ impl TargetProbe {
             }
         }
         sum
+    }
+
+    /// `GET <url>/metrics` as text (None when unreachable or not 2xx).
+    async fn metrics_text(&self, url: &str) -> Option<String> {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", url.trim_end_matches('/')))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.text().await.ok()
     }
 
     pub(super) fn new(http: reqwest::Client, plan: &Plan) -> Self {
@@ -117,17 +123,7 @@ impl TargetProbe {
             out.push((format!("pid:{pid}"), sys::pid_rss(*pid), None));
         }
         for url in &self.urls {
-            let res = self
-                .http
-                .get(format!("{}/metrics", url.trim_end_matches('/')))
-                .timeout(Duration::from_secs(3))
-                .send()
-                .await;
-            let Ok(resp) = res else { continue };
-            if !resp.status().is_success() {
-                continue;
-            }
-            let Ok(text) = resp.text().await else {
+            let Some(text) = self.metrics_text(url).await else {
                 continue;
             };
             let (rss, sockets) = parse_metrics(&text);

@@ -4,7 +4,7 @@
 
 const { spawn, spawnSync } = require('node:child_process');
 const net = require('node:net');
-const { freePort, sleep } = require('./node');
+const { freePort, sleep, startNode } = require('./node');
 
 const live = new Set();
 process.on('exit', () => {
@@ -96,4 +96,33 @@ async function startRedis() {
   return fixture;
 }
 
-module.exports = { startRedis, redisCommand: command };
+/**
+ * A cluster: one redis-server and `count` nodes on it (node ids `<prefix>0`…), each ready.
+ * Returns { redis, nodes, stop() → the nodes' exit codes }.
+ */
+async function startCluster(count, prefix, env = {}) {
+  const redis = await startRedis();
+  const nodes = [];
+  for (let i = 0; i < count; i += 1) {
+    nodes.push(await startNode({ env: { FANOUT_REDIS_URL: redis.url, ...env }, args: ['--node-id', `${prefix}${i}`] }));
+  }
+  for (const node of nodes) {
+    const deadline = Date.now() + 5000;
+    while ((await fetch(`${node.url}/readyz`)).status !== 200) {
+      if (Date.now() > deadline) throw new Error(`${node.url} not ready`);
+      await sleep(50);
+    }
+  }
+  return {
+    redis,
+    nodes,
+    async stop() {
+      const codes = [];
+      for (const node of nodes) codes.push(await node.stop());
+      await redis.stop();
+      return codes;
+    },
+  };
+}
+
+module.exports = { startRedis, startCluster, redisCommand: command };

@@ -10,7 +10,7 @@ const {
   startNode, api, newUser, connectAuthed, closeAll, emitAck, collect, subscribe, waitUntil,
   sleep, metrics, metricValue,
 } = require('../lib/node');
-const { startRedis } = require('../lib/redis');
+const { startRedis, startCluster } = require('../lib/redis');
 const { wsClient, stalledSocketIo, stalledWs } = require('../lib/ws');
 
 const range = (n) => Array.from({ length: n }, (_, i) => i);
@@ -68,21 +68,18 @@ function pipelinePublish(port, channel, messages) {
 
 describe('per-connection order across a cluster', () => {
   const N = 1000;
+  let cluster;
   let redis;
   let nodes;
 
   before(async () => {
-    redis = await startRedis();
-    nodes = [];
-    for (let i = 0; i < 3; i += 1) {
-      nodes.push(await startNode({ env: { FANOUT_REDIS_URL: redis.url }, args: ['--node-id', `order${i}`] }));
-    }
+    cluster = await startCluster(3, 'order');
+    ({ redis, nodes } = cluster);
   });
 
   after(async () => {
     closeAll();
-    for (const node of nodes || []) assert.equal(await node.stop(), 0);
-    await redis?.stop();
+    if (cluster) assert.deepEqual(await cluster.stop(), [0, 0, 0]);
   });
 
   it('1000 back-to-back Socket.IO publishes arrive in order on every node, Socket.IO and /ws', async () => {
