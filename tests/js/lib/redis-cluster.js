@@ -131,11 +131,13 @@ async function startRedisCluster({ nodeTimeoutMs = 3000, upTimeoutMs = 60_000 } 
         await sleep(200);
       }
     },
-    /** Stops exactly the PIDs `up` recorded; resolves the script's exit code. */
+    /** Stops exactly the PIDs `up` recorded; resolves the script's exit code. The run dir
+     *  (logs) is removed when that worked. */
     async stop() {
       if (!live.has(runDir)) return 0;
       const r = await run(['down'], env, 30_000);
       live.delete(runDir);
+      if (r.code === 0) fs.rmSync(runDir, { recursive: true, force: true });
       return r.code;
     },
   };

@@ -17,7 +17,9 @@ npm ci --no-audit --no-fund --loglevel=error
 
 RUN="$(mktemp -d "${TMPDIR:-/tmp}/fanout-capture-sharded.XXXXXX")"
 export REDIS_CLUSTER_DIR="$RUN" REDIS_CLUSTER_PORTS=free
-trap '"$REPO/deploy/local/redis-cluster" down >/dev/null 2>&1 || true' EXIT
+# on exit: stop the cluster by its PIDs; keep the run dir (logs) only when something failed
+trap 'rc=$?; "$REPO/deploy/local/redis-cluster" down >/dev/null 2>&1 || true
+  if ((rc == 0)); then rm -rf "$RUN"; else echo "cluster logs kept in $RUN/logs" >&2; fi' EXIT
 "$REPO/deploy/local/redis-cluster" up >/dev/null
 PORTS="$(paste -sd, "$RUN/ports")"
 
