@@ -59,11 +59,6 @@ impl Topic {
         &self.0
     }
 
-    /// The topic string, owned.
-    pub fn into_string(self) -> String {
-        self.0
-    }
-
     /// The LoopBack model topic for a model event: `/Model/POST`, `/Model/<id>/PUT`,
     /// `/Model/<id>/DELETE`.
     pub fn for_model(model: &str, method: &str, id: Option<&str>) -> Result<Topic, AppError> {

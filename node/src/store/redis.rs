@@ -70,26 +70,9 @@ impl RedisBackend {
         result
     }
 
-    /// `PING`, for readiness.
-    pub async fn ping(&self) -> bool {
-        self.run("ping", |mut conn| async move {
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .map_err(unavailable)
-        })
-        .await
-        .is_ok()
-    }
-
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
-    }
-
-    /// The pool (for the other cluster components of the node).
-    pub fn pool(&self) -> &Pool {
-        &self.pool
     }
 }
 
