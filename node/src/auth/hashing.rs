@@ -166,11 +166,14 @@ impl HashPool {
         };
         let (done, result) = tokio::sync::oneshot::channel();
         let job: HashJob = Box::new(move || {
-            let _slot = slot;
             // The requester went away (client disconnected): nothing to compute for.
-            if !done.is_closed() {
-                done.send(job()).ok();
+            if done.is_closed() {
+                return;
             }
+            let result = job();
+            // Free the place before answering, so the requester never sees its own job counted.
+            drop(slot);
+            done.send(result).ok();
         });
         // A refused job is dropped here, and its slot with it.
         if jobs.try_send(job).is_err() {
