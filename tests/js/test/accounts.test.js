@@ -188,7 +188,7 @@ describe('accounts: a login flood from one address does not lock out another', (
   // 400 concurrent logins for 400 usernames from 127.0.0.1 while a legitimate user logs in
   // from 127.0.0.2. Measured on a debug build (2 shared cores): the legitimate login takes
   // ~1 s, of which ~0.6 s is the node accepting 400 fresh connections (a flood of cheap 422s
-  // costs as much); without the per-address bound on password jobs it takes ~9 s and 100+
+  // costs as much); without the per-address bound on password jobs it takes 4–9 s and 100+
   // flood requests get 503 (the control case below).
   const flood = async (env) => {
     const node = await h.startNode({ env });
@@ -237,11 +237,13 @@ describe('accounts: a login flood from one address does not lock out another', (
   }
 
   it('control: without the per-address bound the same flood fills the queue (503s)', { timeout: 90_000 }, async () => {
-    const { during, byStatus, text } = await flood({ FANOUT_LOGIN_PER_IP_PER_MINUTE: '0', FANOUT_PASSWORD_HASH_PER_IP: '1000' });
+    const { during, results, byStatus, text } = await flood({ FANOUT_LOGIN_PER_IP_PER_MINUTE: '0', FANOUT_PASSWORD_HASH_PER_IP: '1000' });
     console.log(`# control: legit login ${during.status} in ${during.ms.toFixed(0)} ms during the flood; flood answers ${JSON.stringify(byStatus)}`);
     assert.ok((byStatus[503] || 0) > 0, 'the queue filled up');
+    const full = results.filter((r) => r.status === 503);
+    assert.ok(full.every((r) => r.body.error.code === 'unavailable' && r.headers['retry-after'] === '1'), 'queue full: 503 + Retry-After: 1');
     assert.ok(h.metricValue(text, 'fanout_credentials_throttled_total{limit="hash_queue",route="login"}') > 0);
-    assert.ok(during.status !== 200 || during.ms > 2000, `legit ${during.status} in ${during.ms} ms`);
+    // The legitimate login's delay (measured 4–9 s here) depends on the machine: logged, not asserted.
   });
 });
 
