@@ -1,11 +1,15 @@
-//! Credentials: access tokens (32 random bytes, hex, stored only as SHA-256), argon2id
-//! password hashes, and [`Session`], what an authenticated connection carries.
+//! Credentials: access tokens (32 random bytes, hex, stored only as SHA-256), and
+//! [`Session`], what an authenticated connection carries. Password hashing is in
+//! [`hashing`], the login and signup throttles in [`throttle`], model write policies in
+//! [`acl`].
 
-use std::sync::{Arc, LazyLock};
+pub mod acl;
+pub mod hashing;
+pub mod throttle;
+
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -36,101 +40,6 @@ pub fn hash_token(token: &str) -> TokenHash {
 /// The current time as RFC 3339 with milliseconds (LoopBack's `created`).
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-/// Threads that run argon2id. Each run takes ~19 MiB and a core for tens of milliseconds.
-/// A fixed pair of threads (instead of tokio's blocking pool, up to 512 threads) bounds both:
-/// glibc keeps a freed arena per thread that ever hashed, so the thread count is what the
-/// node's resident memory pays for logins.
-const HASH_THREADS: usize = 2;
-/// Hash jobs waiting for a thread; past this, logins get `unavailable` (a login flood).
-const HASH_QUEUE: usize = 256;
-
-type HashJob = Box<dyn FnOnce() + Send>;
-
-static HASH_POOL: LazyLock<Option<std::sync::mpsc::SyncSender<HashJob>>> = LazyLock::new(|| {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<HashJob>(HASH_QUEUE);
-    let rx = Arc::new(std::sync::Mutex::new(rx));
-    let mut started = 0;
-    for i in 0..HASH_THREADS {
-        let rx = rx.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("argon2-{i}"))
-            .spawn(move || {
-                loop {
-                    // The lock is held only while waiting for the next job, not while hashing.
-                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
-                    }
-                }
-            });
-        match spawned {
-            Ok(_) => started += 1,
-            Err(err) => tracing::error!(%err, "cannot start a password hashing thread"),
-        }
-    }
-    (started > 0).then_some(tx)
-});
-
-/// Runs `job` on a hashing thread.
-async fn on_hash_thread<T: Send + 'static>(
-    job: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, AppError> {
-    let Some(pool) = HASH_POOL.as_ref() else {
-        return Err(internal(
-            "password hashing",
-            "no hashing thread could be started",
-        ));
-    };
-    let (done, result) = tokio::sync::oneshot::channel();
-    let job: HashJob = Box::new(move || {
-        done.send(job()).ok();
-    });
-    pool.try_send(job).map_err(|_| {
-        tracing::warn!("password hashing queue full: login refused");
-        AppError::new(
-            Code::Unavailable,
-            "too many logins in progress, retry shortly",
-        )
-    })?;
-    result
-        .await
-        .map_err(|err| internal("password hashing thread", err))
-}
-
-/// Hashes a password with argon2id (default parameters) on a hashing thread.
-pub async fn hash_password(password: String) -> Result<String, AppError> {
-    on_hash_thread(move || {
-        let mut salt_bytes = [0u8; 16];
-        rand::rng().fill_bytes(&mut salt_bytes);
-        let salt = SaltString::encode_b64(&salt_bytes)?;
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|hash| hash.to_string())
-    })
-    .await?
-    .map_err(|err| internal("password hashing failed", err))
-}
-
-/// Checks a password against an argon2 PHC string on a hashing thread.
-pub async fn verify_password(password: String, phc: String) -> Result<bool, AppError> {
-    on_hash_thread(move || {
-        let Ok(parsed) = PasswordHash::new(&phc) else {
-            return Err("stored password hash does not parse");
-        };
-        Ok(Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok())
-    })
-    .await?
-    .map_err(|err| internal("password check failed", err))
-}
-
-fn internal(what: &str, err: impl std::fmt::Display) -> AppError {
-    tracing::error!(%err, "{what}");
-    AppError::new(Code::Internal, "internal error")
 }
 
 /// Token fields a client sends, in the Socket.IO handshake, with `authentication`, or with a
@@ -283,15 +192,6 @@ mod tests {
             hash_token("abc").0,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-    }
-
-    #[tokio::test]
-    async fn password_round_trip() {
-        let phc = hash_password("s3cret".into()).await.unwrap();
-        assert!(phc.starts_with("$argon2id$"));
-        assert!(verify_password("s3cret".into(), phc.clone()).await.unwrap());
-        assert!(!verify_password("nope".into(), phc).await.unwrap());
-        assert!(verify_password("x".into(), "garbage".into()).await.is_err());
     }
 
     #[tokio::test]

@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::auth::acl::ModelAcl;
+use crate::auth::hashing::HashSettings;
+use crate::auth::throttle::ThrottleSettings;
+use crate::store::ModelLimits;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -57,6 +62,68 @@ pub struct Config {
     /// Largest lifetime a login may ask for with `ttl`, in seconds (LoopBack's maxTTL: one year).
     #[arg(long, env = "FANOUT_TOKEN_MAX_TTL", default_value_t = 31_556_926)]
     pub token_max_ttl: u64,
+
+    /// Login attempts per minute from one client address (IPv6: per /64), any accounts; the
+    /// next attempts get 429 with Retry-After. The address is the TCP peer. 0 = no limit.
+    #[arg(long, env = "FANOUT_LOGIN_PER_IP_PER_MINUTE", default_value_t = 60)]
+    pub login_per_ip_per_minute: u32,
+
+    /// Login attempts per minute on one account name (username, or e-mail), from any address.
+    /// 0 = no limit.
+    #[arg(
+        long,
+        env = "FANOUT_LOGIN_PER_USERNAME_PER_MINUTE",
+        default_value_t = 10
+    )]
+    pub login_per_username_per_minute: u32,
+
+    /// Signups (POST /api/users) per minute from one client address. 0 = no limit.
+    #[arg(long, env = "FANOUT_SIGNUP_PER_IP_PER_MINUTE", default_value_t = 30)]
+    pub signup_per_ip_per_minute: u32,
+
+    /// Threads that hash and check passwords (argon2id: ~19 MiB and tens of ms of a core each).
+    #[arg(long, env = "FANOUT_PASSWORD_HASH_THREADS", default_value_t = 2)]
+    pub password_hash_threads: usize,
+
+    /// Password jobs waiting for a hashing thread, all clients together; past it logins and
+    /// signups get 503 with Retry-After.
+    #[arg(long, env = "FANOUT_PASSWORD_HASH_QUEUE", default_value_t = 256)]
+    pub password_hash_queue: usize,
+
+    /// Password jobs one client address may have queued or running; past it its logins and
+    /// signups get 429 with Retry-After, so one address cannot fill the queue.
+    #[arg(long, env = "FANOUT_PASSWORD_HASH_PER_IP", default_value_t = 8)]
+    pub password_hash_per_ip: usize,
+
+    /// Write policies of models: comma-separated `Model=policy`, `*=policy` for the others.
+    /// Policies: `owner` (the default: anyone authenticated reads and creates, only a record's
+    /// creator updates or deletes it), `authenticated` (anyone authenticated writes),
+    /// `readonly` (no REST writes). Example: `Order=owner,Public=authenticated`.
+    #[arg(
+        long,
+        env = "FANOUT_MODEL_ACL",
+        default_value = "",
+        value_parser = ModelAcl::parse
+    )]
+    pub model_acl: ModelAcl,
+
+    /// Largest model record: bytes of its JSON without `id`; larger writes get 413.
+    #[arg(long, env = "FANOUT_MODEL_RECORD_MAX_BYTES", default_value_t = 16_384)]
+    pub model_record_max_bytes: usize,
+
+    /// Most records one user may own in one model; more creates get 422 quota_exceeded.
+    /// 0 = no limit.
+    #[arg(
+        long,
+        env = "FANOUT_MODEL_MAX_RECORDS_PER_USER",
+        default_value_t = 1000
+    )]
+    pub model_max_records_per_user: u64,
+
+    /// Most models the store holds (a model exists from its first record on); creating a record
+    /// in one more model gets 422 quota_exceeded. 0 = no limit.
+    #[arg(long, env = "FANOUT_MODEL_MAX_MODELS", default_value_t = 100)]
+    pub model_max_models: u64,
 
     /// Largest accepted message in bytes: Socket.IO packets, /ws frames and REST bodies.
     #[arg(long, env = "FANOUT_MAX_PAYLOAD", default_value_t = 1_000_000)]
@@ -144,6 +211,22 @@ impl Config {
                 "FANOUT_TOKEN_TTL exceeds FANOUT_TOKEN_MAX_TTL".into(),
             ));
         }
+        if !(1..=64).contains(&self.password_hash_threads) {
+            return Err(ConfigError(
+                "FANOUT_PASSWORD_HASH_THREADS must be 1 to 64".into(),
+            ));
+        }
+        if self.password_hash_queue == 0 || self.password_hash_per_ip == 0 {
+            return Err(ConfigError(
+                "FANOUT_PASSWORD_HASH_QUEUE and FANOUT_PASSWORD_HASH_PER_IP must be positive"
+                    .into(),
+            ));
+        }
+        if self.model_record_max_bytes < 64 {
+            return Err(ConfigError(
+                "FANOUT_MODEL_RECORD_MAX_BYTES must be at least 64".into(),
+            ));
+        }
         if self.max_payload < 1024 {
             return Err(ConfigError(
                 "FANOUT_MAX_PAYLOAD must be at least 1024 bytes".into(),
@@ -202,6 +285,33 @@ impl Config {
         format!("{host}-{suffix:04x}")
     }
 
+    /// The login and signup throttles.
+    pub fn throttle_settings(&self) -> ThrottleSettings {
+        ThrottleSettings {
+            login_per_ip: self.login_per_ip_per_minute,
+            login_per_username: self.login_per_username_per_minute,
+            signup_per_ip: self.signup_per_ip_per_minute,
+        }
+    }
+
+    /// The password hashing pool.
+    pub fn hash_settings(&self) -> HashSettings {
+        HashSettings {
+            threads: self.password_hash_threads,
+            queue: self.password_hash_queue,
+            per_source: self.password_hash_per_ip,
+        }
+    }
+
+    /// The model store's limits.
+    pub fn model_limits(&self) -> ModelLimits {
+        ModelLimits {
+            record_max_bytes: self.model_record_max_bytes,
+            records_per_user: self.model_max_records_per_user,
+            max_models: self.model_max_models,
+        }
+    }
+
     /// Auth timeout as a duration.
     pub fn auth_timeout(&self) -> Duration {
         Duration::from_millis(self.auth_timeout_ms)
@@ -213,5 +323,36 @@ impl Config {
         cfg.bind = SocketAddr::from(([127, 0, 0, 1], 0));
         cfg.node_id = Some("test-node".into());
         cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_settings_parse_and_validate() {
+        let cfg = Config::parse_from([
+            "fanout-node",
+            "--model-acl",
+            "Order=owner,Public=authenticated",
+        ]);
+        assert!(cfg.validate().is_ok());
+        assert_eq!(
+            cfg.model_acl.policy("Public"),
+            crate::auth::acl::ModelPolicy::Authenticated
+        );
+        assert!(Config::try_parse_from(["fanout-node", "--model-acl", "Order=admin"]).is_err());
+        for (flag, value) in [
+            ("--password-hash-threads", "0"),
+            ("--password-hash-queue", "0"),
+            ("--password-hash-per-ip", "0"),
+            ("--model-record-max-bytes", "10"),
+        ] {
+            let cfg = Config::parse_from(["fanout-node", flag, value]);
+            assert!(cfg.validate().is_err(), "{flag} {value}");
+        }
+        let cfg = Config::parse_from(["fanout-node", "--login-per-ip-per-minute", "0"]);
+        assert!(cfg.validate().is_ok(), "0 turns a throttle off");
     }
 }

@@ -35,6 +35,11 @@ pub enum Code {
     Unavailable,
     /// A bug or an unexpected backend answer; details are in the logs only.
     Internal,
+    /// Too many attempts (logins, signups) from this address or for this account; HTTP
+    /// answers carry `Retry-After`.
+    RateLimited,
+    /// A count limit of the model store was reached (records per user, models).
+    QuotaExceeded,
 }
 
 impl Code {
@@ -52,6 +57,8 @@ impl Code {
             Code::UnknownMethod => "unknown_method",
             Code::Unavailable => "unavailable",
             Code::Internal => "internal",
+            Code::RateLimited => "rate_limited",
+            Code::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -67,6 +74,8 @@ impl Code {
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::QuotaExceeded => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 }
@@ -136,6 +145,21 @@ impl From<StoreError> for AppError {
                 tracing::error!(%cause, "corrupt record in store");
                 AppError::new(Code::Internal, "internal error")
             }
+            StoreError::Forbidden => {
+                AppError::forbidden("only the record's owner may change or delete it")
+            }
+            StoreError::TooLarge { max } => AppError::new(
+                Code::PayloadTooLarge,
+                format!("a record is at most {max} bytes of JSON"),
+            ),
+            StoreError::Quota(crate::store::Quota::RecordsPerUser(max)) => AppError::new(
+                Code::QuotaExceeded,
+                format!("you own {max} records of this model already, the most allowed"),
+            ),
+            StoreError::Quota(crate::store::Quota::Models(max)) => AppError::new(
+                Code::QuotaExceeded,
+                format!("the store holds {max} models already, the most allowed"),
+            ),
         }
     }
 }

@@ -110,6 +110,9 @@ pub struct Metrics {
     tcp_connections: IntGauge,
     tcp_rejected: IntCounter,
     http_requests: IntCounterVec,
+    credentials_throttled: IntCounterVec,
+    password_hash_jobs: IntGauge,
+    model_writes_refused: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -207,6 +210,13 @@ impl Metrics {
             "fanout_tcp_connections_rejected_total",
             tcp_rejected,
         );
+        let password_hash_jobs = IntGauge::new(
+            "fanout_password_hash_jobs",
+            "Password hash jobs (signups, logins) queued or running on the hashing threads",
+        )
+        .unwrap_or_else(|err| panic!("metric fanout_password_hash_jobs: {err}"));
+        let password_hash_jobs =
+            register(&registry, "fanout_password_hash_jobs", password_hash_jobs);
         let topic_delivered = IntCounter::new(
             "fanout_topic_messages_delivered_total",
             "Topic messages handed to local subscribers (one per subscriber connection)",
@@ -287,6 +297,19 @@ impl Metrics {
                 "fanout_http_requests_total",
                 "REST requests, by route template and status class",
                 &["route", "status"],
+            ),
+            credentials_throttled: counter_vec(
+                &registry,
+                "fanout_credentials_throttled_total",
+                "Logins and signups refused before any password work, by route and limit",
+                &["route", "limit"],
+            ),
+            password_hash_jobs,
+            model_writes_refused: counter_vec(
+                &registry,
+                "fanout_model_writes_refused_total",
+                "Model writes refused by a policy or a limit, by reason",
+                &["reason"],
             ),
             registry,
         }
@@ -418,6 +441,29 @@ impl Metrics {
         };
         self.http_requests.with_label_values(&[route, class]).inc();
     }
+
+    /// A login or signup (`route`) was refused by a throttle (`limit`: `ip`, `username`,
+    /// `hash_per_ip`, `hash_queue`).
+    pub fn credentials_throttled(&self, route: &str, limit: &str) {
+        self.credentials_throttled
+            .with_label_values(&[route, limit])
+            .inc();
+    }
+
+    /// A password hash job was queued (`true`) or finished (`false`).
+    pub fn password_hash_job(&self, queued: bool) {
+        if queued {
+            self.password_hash_jobs.inc();
+        } else {
+            self.password_hash_jobs.dec();
+        }
+    }
+
+    /// A model write was refused (`reason`: `forbidden`, `readonly`, `too_large`,
+    /// `user_quota`, `model_quota`).
+    pub fn model_write_refused(&self, reason: &str) {
+        self.model_writes_refused.with_label_values(&[reason]).inc();
+    }
 }
 
 #[cfg(test)]
@@ -432,7 +478,15 @@ mod tests {
         m.topic_delivered(3, Duration::from_millis(2));
         m.messages_dropped(DropTransport::Ws, DropReason::SlowConsumer, 2);
         m.messages_dropped(DropTransport::Ws, DropReason::SlowConsumer, 1);
+        m.credentials_throttled("login", "ip");
+        m.model_write_refused("forbidden");
+        m.password_hash_job(true);
         let text = m.render();
+        assert!(
+            text.contains("fanout_credentials_throttled_total{limit=\"ip\",route=\"login\"} 1")
+        );
+        assert!(text.contains("fanout_model_writes_refused_total{reason=\"forbidden\"} 1"));
+        assert!(text.contains("fanout_password_hash_jobs 1"));
         assert!(text.contains("fanout_sockets_connected{namespace=\"/\"} 1"));
         assert!(text.contains("fanout_auth_failures_total{reason=\"invalid_token\"} 1"));
         assert!(text.contains("fanout_topic_messages_delivered_total 3"));

@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::auth::Authenticator;
+use crate::auth::hashing::HashPool;
+use crate::auth::throttle::CredentialThrottle;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::connections::ConnRegistry;
@@ -81,6 +83,16 @@ pub struct Inner {
     pub readiness: Readiness,
     /// Topic delivery to local subscribers and to the cluster.
     pub delivery: Delivery,
+    /// Password hashing and login throttles.
+    pub accounts: Accounts,
+}
+
+/// What logins and signups share: the password hashing pool and the throttles in front of it.
+pub struct Accounts {
+    /// Password hashing threads.
+    pub hasher: HashPool,
+    /// Login and signup throttles.
+    pub throttle: CredentialThrottle,
 }
 
 impl std::ops::Deref for AppState {
@@ -115,6 +127,10 @@ impl AppState {
     /// [`Delivery::set_io`].
     pub fn new(parts: StateParts) -> Self {
         let auth = Authenticator::new(parts.stores.tokens.clone());
+        let accounts = Accounts {
+            hasher: HashPool::new(parts.cfg.hash_settings(), parts.metrics.clone()),
+            throttle: CredentialThrottle::new(parts.cfg.throttle_settings()),
+        };
         Self(Arc::new(Inner {
             cfg: parts.cfg,
             node_id: parts.node_id,
@@ -126,6 +142,7 @@ impl AppState {
             connections: ConnRegistry::default(),
             readiness: parts.readiness,
             delivery: parts.delivery,
+            accounts,
         }))
     }
 }

@@ -1,7 +1,11 @@
 //! Extractors that answer in fanout's error shape: [`AppJson`] (JSON bodies; malformed,
-//! oversized or wrongly typed ones become `{ error }` with 400/413/415/422) and [`Authed`]
+//! oversized or wrongly typed ones become `{ error }` with 400/413/415/422), [`Authed`]
 //! (a valid access token from `Authorization: <token>`, `Authorization: Bearer <token>` or
-//! `?access_token=`, as LoopBack accepts).
+//! `?access_token=`, as LoopBack accepts) and [`ClientIp`] (the client's address, for
+//! throttles).
+
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -11,7 +15,36 @@ use serde::de::DeserializeOwned;
 
 use crate::auth::Session;
 use crate::error::{AppError, Code};
+use crate::listener::TrackedAddr;
 use crate::state::AppState;
+
+/// The address of the client that sent a request, as throttles see it.
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        Ok(ClientIp(client_ip(parts)))
+    }
+}
+
+/// The client's address: the TCP peer of the connection the request came on. Headers such as
+/// `X-Forwarded-For` are not read: any client can set them, so behind a load balancer every
+/// client counts as the balancer's address until trusted proxies are configured. IPv4-mapped
+/// IPv6 peers count as their IPv4 address. Without connect info (a router served without it,
+/// in tests) every request counts as `0.0.0.0`.
+pub fn client_ip(parts: &Parts) -> IpAddr {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<TrackedAddr>>()
+        .map(|info| info.0.peer.ip());
+    match peer {
+        Some(IpAddr::V6(v6)) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        Some(ip) => ip,
+        None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    }
+}
 
 /// A JSON body whose rejection is an [`AppError`].
 pub struct AppJson<T>(pub T);
@@ -101,5 +134,25 @@ mod tests {
         );
         assert_eq!(token_from_parts(&parts(Some("Bearer "), "/")), None);
         assert_eq!(token_from_parts(&parts(None, "/x")), None);
+    }
+
+    #[test]
+    fn client_ip_is_the_tcp_peer() {
+        let mut p = parts(None, "/");
+        assert_eq!(client_ip(&p), IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let peer = |addr: &str| {
+            axum::extract::ConnectInfo(TrackedAddr {
+                peer: addr.parse().unwrap(),
+                conn: crate::listener::ConnHandle::new(),
+            })
+        };
+        p.extensions.insert(peer("127.0.0.2:5000"));
+        p.headers
+            .insert("x-forwarded-for", "10.9.9.9".parse().unwrap());
+        assert_eq!(client_ip(&p), "127.0.0.2".parse::<IpAddr>().unwrap());
+        p.extensions.insert(peer("[::ffff:10.0.0.7]:5000"));
+        assert_eq!(client_ip(&p), "10.0.0.7".parse::<IpAddr>().unwrap());
+        p.extensions.insert(peer("[2001:db8::1]:5000"));
+        assert_eq!(client_ip(&p), "2001:db8::1".parse::<IpAddr>().unwrap());
     }
 }

@@ -1,17 +1,104 @@
 //! `POST /api/users`, `POST /api/users/login`, `POST /api/users/logout` (LoopBack shapes).
+//!
+//! Signups and logins pass their throttles ([`crate::auth::throttle`]) before any lookup or
+//! password work, then queue their argon2 job fairly ([`crate::auth::hashing`]); refusals are
+//! 429 (or 503 when the whole hashing queue is full) with `Retry-After`, counted in
+//! `fanout_credentials_throttled_total`. A login for an unknown account checks the password
+//! against a dummy hash, so it takes as long as a wrong password.
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{AppJson, Authed};
-use crate::auth::{hash_password, hash_token, new_token, now_rfc3339, verify_password};
-use crate::error::AppError;
+use super::extract::{AppJson, Authed, ClientIp};
+use crate::auth::hashing::HashError;
+use crate::auth::throttle::Throttled;
+use crate::auth::{hash_token, new_token, now_rfc3339};
+use crate::error::{AppError, Code};
 use crate::events::publish_revocation;
 use crate::state::AppState;
 use crate::store::{NewUser, TokenRecord, User};
+
+/// A refused signup or login: an [`AppError`], plus `Retry-After` (seconds) for throttles.
+pub struct CredentialError {
+    error: AppError,
+    retry_after: Option<u64>,
+}
+
+impl From<AppError> for CredentialError {
+    fn from(error: AppError) -> Self {
+        Self {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for CredentialError {
+    fn into_response(self) -> Response {
+        let mut response = self.error.into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// Which endpoint a refusal is counted under.
+#[derive(Clone, Copy)]
+enum Route {
+    Signup,
+    Login,
+}
+
+impl Route {
+    fn as_str(self) -> &'static str {
+        match self {
+            Route::Signup => "signup",
+            Route::Login => "login",
+        }
+    }
+}
+
+fn throttled(state: &AppState, route: Route, refusal: Throttled) -> CredentialError {
+    state
+        .metrics
+        .credentials_throttled(route.as_str(), refusal.limit.as_str());
+    let secs = refusal.retry_after_secs();
+    CredentialError {
+        error: AppError::new(
+            Code::RateLimited,
+            format!("too many attempts, retry in {secs} s"),
+        ),
+        retry_after: Some(secs),
+    }
+}
+
+fn hash_refused(state: &AppState, route: Route, err: HashError) -> CredentialError {
+    let (limit, code, message) = match err {
+        HashError::Failed(error) => return error.into(),
+        HashError::SourceBusy => (
+            "hash_per_ip",
+            Code::RateLimited,
+            "too many logins in progress from your address, retry shortly",
+        ),
+        HashError::QueueFull => (
+            "hash_queue",
+            Code::Unavailable,
+            "too many logins in progress, retry shortly",
+        ),
+    };
+    state.metrics.credentials_throttled(route.as_str(), limit);
+    CredentialError {
+        error: AppError::new(code, message),
+        retry_after: Some(1),
+    }
+}
 
 /// `POST /api/users` body.
 #[derive(Deserialize)]
@@ -36,21 +123,32 @@ fn validate_username(username: &str) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Creates a user → 201 `{ id, username, email }`.
+/// Creates a user → 201 `{ id, username, email }`. Invalid bodies are refused before the
+/// throttle counts them (they cost no password work).
 pub async fn users_create(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     AppJson(body): AppJson<CreateUser>,
-) -> Result<impl IntoResponse, AppError> {
+) -> Result<impl IntoResponse, CredentialError> {
     validate_username(&body.username)?;
     let email = body.email.trim().to_lowercase();
     crate::email::validate_email(&email)?;
     let len = body.password.chars().count();
     if !(MIN_PASSWORD_LEN..=1024).contains(&len) {
-        return Err(AppError::invalid(format!(
-            "password: {MIN_PASSWORD_LEN} to 1024 characters"
-        )));
+        return Err(
+            AppError::invalid(format!("password: {MIN_PASSWORD_LEN} to 1024 characters")).into(),
+        );
     }
-    let password_hash = hash_password(body.password).await?;
+    let accounts = &state.accounts;
+    accounts
+        .throttle
+        .check_signup(ip)
+        .map_err(|refusal| throttled(&state, Route::Signup, refusal))?;
+    let password_hash = accounts
+        .hasher
+        .hash(ip, body.password)
+        .await
+        .map_err(|err| hash_refused(&state, Route::Signup, err))?;
     let user = state
         .stores
         .users
@@ -59,7 +157,8 @@ pub async fn users_create(
             email,
             password_hash,
         })
-        .await?;
+        .await
+        .map_err(AppError::from)?;
     Ok((StatusCode::CREATED, axum::Json(public_user(&user))))
 }
 
@@ -76,11 +175,15 @@ pub struct Login {
     ttl: Option<Value>,
 }
 
+/// Longest password a login checks; longer ones fail like a wrong password, without hashing.
+const MAX_LOGIN_PASSWORD_BYTES: usize = 4096;
+
 /// Logs in → 200 `{ id: <token>, ttl, created, userId }`.
 pub async fn users_login(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     AppJson(body): AppJson<Login>,
-) -> Result<impl IntoResponse, AppError> {
+) -> Result<impl IntoResponse, CredentialError> {
     let ttl = match &body.ttl {
         None | Some(Value::Null) => state.cfg.token_ttl,
         Some(v) => v
@@ -89,28 +192,44 @@ pub async fn users_login(
             .ok_or_else(|| AppError::invalid("ttl must be a positive number of seconds"))?
             .min(state.cfg.token_max_ttl),
     };
-    let user = match (&body.username, &body.email) {
-        (Some(username), _) => state.stores.users.find_by_username(username).await?,
+    // The throttle key names the account as given: `username:<name>` or `email:<address>`.
+    let (account, email) = match (&body.username, &body.email) {
+        (Some(username), _) => (format!("username:{username}"), None),
         (None, Some(email)) => {
-            state
-                .stores
-                .users
-                .find_by_email(&email.trim().to_lowercase())
-                .await?
+            let email = email.trim().to_lowercase();
+            (format!("email:{email}"), Some(email))
         }
-        (None, None) => return Err(AppError::invalid("username or email is required")),
+        (None, None) => return Err(AppError::invalid("username or email is required").into()),
     };
-    let login_failed = || AppError::unauthorized("login failed");
-    let Some(user) = user else {
+    let accounts = &state.accounts;
+    accounts
+        .throttle
+        .check_login(ip, &account)
+        .map_err(|refusal| throttled(&state, Route::Login, refusal))?;
+    let users = &state.stores.users;
+    let user = match (&body.username, email) {
+        (Some(username), _) => users.find_by_username(username).await,
+        (None, Some(email)) => users.find_by_email(&email).await,
+        (None, None) => Ok(None),
+    }
+    .map_err(AppError::from)?;
+    let login_failed = || {
         state.metrics.auth_failed("login_failed");
-        return Err(login_failed());
+        CredentialError::from(AppError::unauthorized("login failed"))
     };
-    if body.password.len() > 4096
-        || !verify_password(body.password, user.password_hash.clone()).await?
-    {
-        state.metrics.auth_failed("login_failed");
+    if body.password.len() > MAX_LOGIN_PASSWORD_BYTES {
         return Err(login_failed());
     }
+    // An unknown account is checked against the dummy hash: the same work, always false.
+    let stored = user.as_ref().map(|user| user.password_hash.clone());
+    let matches = accounts
+        .hasher
+        .verify(ip, body.password, stored)
+        .await
+        .map_err(|err| hash_refused(&state, Route::Login, err))?;
+    let Some(user) = user.filter(|_| matches) else {
+        return Err(login_failed());
+    };
     let token = new_token();
     let record = TokenRecord {
         user_id: user.id,
@@ -122,7 +241,8 @@ pub async fn users_login(
         .stores
         .tokens
         .insert(&hash_token(&token), &record)
-        .await?;
+        .await
+        .map_err(AppError::from)?;
     Ok(axum::Json(json!({
         "id": token,
         "ttl": record.ttl,

@@ -42,6 +42,22 @@ pub fn model_next_id(prefix: &str, model: &str) -> String {
     format!("{prefix}:model-ids:{model}")
 }
 
+/// `<prefix>:model-owners:<Model>` → hash id → owner user id (beside the record, never in it).
+pub fn model_owners(prefix: &str, model: &str) -> String {
+    format!("{prefix}:model-owners:{model}")
+}
+
+/// `<prefix>:model-owned:<Model>` → hash user id → number of that user's records.
+pub fn model_owned(prefix: &str, model: &str) -> String {
+    format!("{prefix}:model-owned:{model}")
+}
+
+/// `<prefix>:models` → set of the model names that hold or held records
+/// (`FANOUT_MODEL_MAX_MODELS`).
+pub fn models(prefix: &str) -> String {
+    format!("{prefix}:models")
+}
+
 /// `<prefix>:presence:<topic>` → hash connection key → user id.
 pub fn presence(prefix: &str, topic: &str) -> String {
     format!("{prefix}:presence:{topic}")
@@ -90,6 +106,9 @@ mod tests {
             "fanout:user-tokens:7"
         );
         assert_eq!(model("fanout", "Order"), "fanout:model:Order");
+        assert_eq!(model_owners("fanout", "Order"), "fanout:model-owners:Order");
+        assert_eq!(model_owned("fanout", "Order"), "fanout:model-owned:Order");
+        assert_eq!(models("fanout"), "fanout:models");
         assert_eq!(events_channel("p"), "p:events");
     }
 }

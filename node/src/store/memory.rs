@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::{
-    ChatMember, ChatStore, ConnKey, ModelStore, NewUser, PresenceStore, Record, SeatClaim,
-    StoreError, StoreResult, TokenHash, TokenRecord, TokenStore, User, UserId, UserStore,
-    merge_record,
+    ChatMember, ChatStore, ConnKey, ModelLimits, ModelStore, NewUser, PresenceStore, Quota, Record,
+    SeatClaim, StoreError, StoreResult, TokenHash, TokenRecord, TokenStore, User, UserId,
+    UserStore, WriteAccess, merge_record,
 };
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (the maps stay
@@ -180,9 +180,26 @@ impl UserStore for MemoryUserStore {
 struct Model {
     next_id: u64,
     records: BTreeMap<u64, Record>,
+    /// Owner of each record (records from before owners were kept have none).
+    owners: HashMap<u64, UserId>,
+    /// Records each user owns.
+    owned: HashMap<UserId, u64>,
 }
 
-/// Model records in memory.
+impl Model {
+    /// The record `id`, if `access` may change it: `NotFound` first, then `Forbidden`.
+    fn writable(&mut self, id: u64, access: &WriteAccess) -> StoreResult<&mut Record> {
+        let owner = self.owners.get(&id);
+        let record = self.records.get_mut(&id).ok_or(StoreError::NotFound)?;
+        if access.allows(owner) {
+            Ok(record)
+        } else {
+            Err(StoreError::Forbidden)
+        }
+    }
+}
+
+/// Model records in memory, with their owners and per-user counts.
 #[derive(Default)]
 pub struct MemoryModelStore {
     models: Mutex<HashMap<String, Model>>,
@@ -190,13 +207,34 @@ pub struct MemoryModelStore {
 
 #[async_trait]
 impl ModelStore for MemoryModelStore {
-    async fn create(&self, model: &str, mut data: Record) -> StoreResult<Record> {
+    async fn create(
+        &self,
+        model: &str,
+        owner: &UserId,
+        mut data: Record,
+        limits: &ModelLimits,
+    ) -> StoreResult<Record> {
+        limits.check_size(&data)?;
         let mut models = lock(&self.models);
+        if !models.contains_key(model)
+            && limits.max_models > 0
+            && models.len() as u64 >= limits.max_models
+        {
+            return Err(StoreError::Quota(Quota::Models(limits.max_models)));
+        }
         let entry = models.entry(model.to_string()).or_default();
+        let owned = entry.owned.get(owner).copied().unwrap_or(0);
+        if limits.records_per_user > 0 && owned >= limits.records_per_user {
+            return Err(StoreError::Quota(Quota::RecordsPerUser(
+                limits.records_per_user,
+            )));
+        }
         entry.next_id += 1;
         let id = entry.next_id;
         data.insert("id".into(), id.into());
         entry.records.insert(id, data.clone());
+        entry.owners.insert(id, owner.clone());
+        entry.owned.insert(owner.clone(), owned + 1);
         Ok(data)
     }
 
@@ -213,33 +251,59 @@ impl ModelStore for MemoryModelStore {
         Ok(models.get(model).and_then(|m| m.records.get(&id)).cloned())
     }
 
-    async fn replace(&self, model: &str, id: u64, mut data: Record) -> StoreResult<Record> {
+    async fn replace(
+        &self,
+        model: &str,
+        id: u64,
+        mut data: Record,
+        access: &WriteAccess,
+        limits: &ModelLimits,
+    ) -> StoreResult<Record> {
+        limits.check_size(&data)?;
         let mut models = lock(&self.models);
         let record = models
             .get_mut(model)
-            .and_then(|m| m.records.get_mut(&id))
-            .ok_or(StoreError::NotFound)?;
+            .ok_or(StoreError::NotFound)?
+            .writable(id, access)?;
         data.insert("id".into(), id.into());
         *record = data.clone();
         Ok(data)
     }
 
-    async fn patch(&self, model: &str, id: u64, data: Record) -> StoreResult<Record> {
+    async fn patch(
+        &self,
+        model: &str,
+        id: u64,
+        data: Record,
+        access: &WriteAccess,
+        limits: &ModelLimits,
+    ) -> StoreResult<Record> {
         let mut models = lock(&self.models);
         let record = models
             .get_mut(model)
-            .and_then(|m| m.records.get_mut(&id))
-            .ok_or(StoreError::NotFound)?;
-        merge_record(record, data);
-        Ok(record.clone())
+            .ok_or(StoreError::NotFound)?
+            .writable(id, access)?;
+        let mut merged = record.clone();
+        merge_record(&mut merged, data);
+        limits.check_size(&merged)?;
+        *record = merged.clone();
+        Ok(merged)
     }
 
-    async fn delete(&self, model: &str, id: u64) -> StoreResult<Record> {
+    async fn delete(&self, model: &str, id: u64, access: &WriteAccess) -> StoreResult<Record> {
         let mut models = lock(&self.models);
-        models
-            .get_mut(model)
-            .and_then(|m| m.records.remove(&id))
-            .ok_or(StoreError::NotFound)
+        let entry = models.get_mut(model).ok_or(StoreError::NotFound)?;
+        entry.writable(id, access)?;
+        let record = entry.records.remove(&id).ok_or(StoreError::NotFound)?;
+        if let Some(owner) = entry.owners.remove(&id)
+            && let Some(count) = entry.owned.get_mut(&owner)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                entry.owned.remove(&owner);
+            }
+        }
+        Ok(record)
     }
 }
 
@@ -389,29 +453,133 @@ mod tests {
     #[tokio::test]
     async fn model_crud_with_increasing_ids() {
         let store = MemoryModelStore::default();
+        let (owner, any, none) = (UserId::new("1"), WriteAccess::Anyone, &ModelLimits::NONE);
         let mut data = Record::new();
         data.insert("item".into(), "tea".into());
         data.insert("id".into(), 99.into());
-        let first = store.create("Order", data.clone()).await.unwrap();
-        let second = store.create("Order", data).await.unwrap();
+        let first = store
+            .create("Order", &owner, data.clone(), none)
+            .await
+            .unwrap();
+        let second = store.create("Order", &owner, data, none).await.unwrap();
         assert_eq!(first["id"], 1);
         assert_eq!(second["id"], 2);
         let mut patch = Record::new();
         patch.insert("qty".into(), 3.into());
         patch.insert("id".into(), 5.into());
-        let patched = store.patch("Order", 1, patch).await.unwrap();
+        let patched = store.patch("Order", 1, patch, &any, none).await.unwrap();
         assert_eq!(patched["id"], 1);
         assert_eq!(patched["qty"], 3);
         assert_eq!(patched["item"], "tea");
-        let replaced = store.replace("Order", 1, Record::new()).await.unwrap();
+        let replaced = store
+            .replace("Order", 1, Record::new(), &any, none)
+            .await
+            .unwrap();
         assert_eq!(replaced.len(), 1);
         assert!(matches!(
-            store.replace("Order", 9, Record::new()).await,
+            store.replace("Order", 9, Record::new(), &any, none).await,
             Err(StoreError::NotFound)
         ));
-        assert_eq!(store.delete("Order", 2).await.unwrap()["id"], 2);
+        assert_eq!(store.delete("Order", 2, &any).await.unwrap()["id"], 2);
         assert_eq!(store.list("Order", 10).await.unwrap().len(), 1);
         assert!(store.list("Other", 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_the_owner_changes_a_record() {
+        let store = MemoryModelStore::default();
+        let (alice, bob) = (UserId::new("1"), UserId::new("2"));
+        let none = &ModelLimits::NONE;
+        let created = store
+            .create("Order", &alice, Record::new(), none)
+            .await
+            .unwrap();
+        assert_eq!(created.len(), 1, "the owner is not inside the record");
+        let as_bob = WriteAccess::Owner(bob.clone());
+        let as_alice = WriteAccess::Owner(alice.clone());
+        let mut data = Record::new();
+        data.insert("x".into(), 1.into());
+        assert!(matches!(
+            store.replace("Order", 1, data.clone(), &as_bob, none).await,
+            Err(StoreError::Forbidden)
+        ));
+        assert!(matches!(
+            store.patch("Order", 1, data.clone(), &as_bob, none).await,
+            Err(StoreError::Forbidden)
+        ));
+        assert!(matches!(
+            store.delete("Order", 1, &as_bob).await,
+            Err(StoreError::Forbidden)
+        ));
+        assert!(matches!(
+            store.delete("Order", 7, &as_bob).await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(
+            store.get("Order", 1).await.unwrap().unwrap().len(),
+            1,
+            "refused writes change nothing"
+        );
+        assert!(store.patch("Order", 1, data, &as_alice, none).await.is_ok());
+        assert!(store.delete("Order", 1, &as_alice).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn quotas_and_size_limit() {
+        let store = MemoryModelStore::default();
+        let (alice, bob) = (UserId::new("1"), UserId::new("2"));
+        let limits = ModelLimits {
+            record_max_bytes: 16,
+            records_per_user: 2,
+            max_models: 2,
+        };
+        let small = Record::new();
+        let mut big = Record::new();
+        big.insert("text".into(), "0123456789".into()); // {"text":"0123456789"}: 21 bytes
+        assert!(matches!(
+            store.create("A", &alice, big.clone(), &limits).await,
+            Err(StoreError::TooLarge { max: 16 })
+        ));
+        for _ in 0..2 {
+            store
+                .create("A", &alice, small.clone(), &limits)
+                .await
+                .unwrap();
+        }
+        assert!(matches!(
+            store.create("A", &alice, small.clone(), &limits).await,
+            Err(StoreError::Quota(Quota::RecordsPerUser(2)))
+        ));
+        // Another user has a quota of their own; a delete frees one.
+        store
+            .create("A", &bob, small.clone(), &limits)
+            .await
+            .unwrap();
+        store
+            .delete("A", 1, &WriteAccess::Owner(alice.clone()))
+            .await
+            .unwrap();
+        let again = store
+            .create("A", &alice, small.clone(), &limits)
+            .await
+            .unwrap();
+        assert_eq!(again["id"], 4, "no id was used up by refused creates");
+        // A patch may not grow a record past the limit.
+        assert!(matches!(
+            store
+                .patch("A", 4, big, &WriteAccess::Anyone, &limits)
+                .await,
+            Err(StoreError::TooLarge { .. })
+        ));
+        store
+            .create("B", &alice, small.clone(), &limits)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.create("C", &alice, small.clone(), &limits).await,
+            Err(StoreError::Quota(Quota::Models(2)))
+        ));
+        store.create("B", &bob, small, &limits).await.unwrap();
     }
 
     #[tokio::test]

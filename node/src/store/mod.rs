@@ -28,6 +28,27 @@ pub enum StoreError {
     /// The backend returned something that does not decode.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The writer may not change this record (it is not the record's owner).
+    #[error("forbidden")]
+    Forbidden,
+    /// The record would be larger than [`ModelLimits::record_max_bytes`].
+    #[error("record larger than {max} bytes")]
+    TooLarge {
+        /// The limit.
+        max: usize,
+    },
+    /// A count limit of the model store was reached.
+    #[error("quota reached: {0:?}")]
+    Quota(Quota),
+}
+
+/// Which count limit refused a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// The user holds [`ModelLimits::records_per_user`] records of this model already.
+    RecordsPerUser(u64),
+    /// The store holds [`ModelLimits::max_models`] models already; this would be a new one.
+    Models(u64),
 }
 
 /// Result of a store operation.
@@ -161,21 +182,129 @@ pub trait UserStore: Send + Sync {
 /// A model record: a JSON object whose `id` is set by the store.
 pub type Record = Map<String, Value>;
 
-/// JSON records per model, ids from an increasing per-model counter.
+/// Who may change an existing record: checked by the store atomically with the write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteAccess {
+    /// Any writer.
+    Anyone,
+    /// Only this user, and only when the record's stored owner is this user (a record
+    /// without an owner, written before owners were kept, matches nobody).
+    Owner(UserId),
+}
+
+impl WriteAccess {
+    /// True when a record owned by `owner` may be changed.
+    pub fn allows(&self, owner: Option<&UserId>) -> bool {
+        match self {
+            WriteAccess::Anyone => true,
+            WriteAccess::Owner(user) => owner == Some(user),
+        }
+    }
+}
+
+/// Size and count limits of the model store (`FANOUT_MODEL_*`); 0 counts mean no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelLimits {
+    /// Largest record: bytes of its JSON without the `id` field.
+    pub record_max_bytes: usize,
+    /// Most records one user may own in one model.
+    pub records_per_user: u64,
+    /// Most models the store holds (a model exists from its first record on).
+    pub max_models: u64,
+}
+
+impl ModelLimits {
+    /// No limits (tests, tools).
+    pub const NONE: ModelLimits = ModelLimits {
+        record_max_bytes: usize::MAX,
+        records_per_user: 0,
+        max_models: 0,
+    };
+
+    /// `TooLarge` when `record` is over the size limit. The size is that of the record's
+    /// JSON without its `id`, so it does not depend on the id or the store.
+    pub fn check_size(&self, record: &Record) -> StoreResult<()> {
+        if record_size(record) > self.record_max_bytes {
+            Err(StoreError::TooLarge {
+                max: self.record_max_bytes,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Bytes of a record's JSON serialization, its `id` field left out.
+pub fn record_size(record: &Record) -> usize {
+    // `{` + `}` + one `,` between fields + each `"key":value`.
+    let fields = record.iter().filter(|(key, _)| key.as_str() != "id");
+    let mut size = 2;
+    let mut count = 0usize;
+    for (key, value) in fields {
+        count += 1;
+        size += json_len(&Value::String(key.clone())) + 1 + json_len(value);
+    }
+    size + count.saturating_sub(1)
+}
+
+fn json_len(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing JSON into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+/// JSON records per model, ids from an increasing per-model counter. Each record has an
+/// owner (the user who created it), kept beside the record, never inside its JSON: REST
+/// answers and model events carry exactly the fields clients wrote, plus `id`.
 #[async_trait]
 pub trait ModelStore: Send + Sync {
-    /// Creates a record with the next id; returns it with `id` set.
-    async fn create(&self, model: &str, data: Record) -> StoreResult<Record>;
+    /// Creates a record owned by `owner` with the next id; returns it with `id` set.
+    /// `TooLarge` or `Quota` when `limits` refuse it (no id is used up then).
+    async fn create(
+        &self,
+        model: &str,
+        owner: &UserId,
+        data: Record,
+        limits: &ModelLimits,
+    ) -> StoreResult<Record>;
     /// Records of a model in id order, at most `limit`.
     async fn list(&self, model: &str, limit: usize) -> StoreResult<Vec<Record>>;
     /// One record.
     async fn get(&self, model: &str, id: u64) -> StoreResult<Option<Record>>;
-    /// Replaces a record (`NotFound` when missing); returns the new record.
-    async fn replace(&self, model: &str, id: u64, data: Record) -> StoreResult<Record>;
-    /// Merges fields into a record (`NotFound` when missing); returns the new record.
-    async fn patch(&self, model: &str, id: u64, data: Record) -> StoreResult<Record>;
-    /// Deletes a record (`NotFound` when missing); returns the deleted record.
-    async fn delete(&self, model: &str, id: u64) -> StoreResult<Record>;
+    /// Replaces a record; returns the new record. `NotFound` when missing, `Forbidden` when
+    /// `access` does not allow it, `TooLarge` over the size limit.
+    async fn replace(
+        &self,
+        model: &str,
+        id: u64,
+        data: Record,
+        access: &WriteAccess,
+        limits: &ModelLimits,
+    ) -> StoreResult<Record>;
+    /// Merges fields into a record; returns the new record. Errors as [`ModelStore::replace`]
+    /// (the size limit applies to the merged record).
+    async fn patch(
+        &self,
+        model: &str,
+        id: u64,
+        data: Record,
+        access: &WriteAccess,
+        limits: &ModelLimits,
+    ) -> StoreResult<Record>;
+    /// Deletes a record; returns the deleted record. `NotFound` when missing, `Forbidden`
+    /// when `access` does not allow it.
+    async fn delete(&self, model: &str, id: u64, access: &WriteAccess) -> StoreResult<Record>;
 }
 
 /// Identifies one subscription holder (a Socket.IO socket or a `/ws` connection) cluster-wide.
@@ -236,5 +365,51 @@ pub fn merge_record(record: &mut Record, patch: Record) {
         if key != "id" {
             record.insert(key, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn record_size_is_the_json_without_id() {
+        for value in [
+            json!({}),
+            json!({"a": 1}),
+            json!({"a": 1, "b": "x\"é", "c": [1, {"d": null}]}),
+            json!({"prénom": "Zoé", "n": 1.5e300}),
+        ] {
+            let Value::Object(record) = value else {
+                unreachable!()
+            };
+            let expected = serde_json::to_string(&record).map(|s| s.len()).unwrap_or(0);
+            assert_eq!(record_size(&record), expected, "{record:?}");
+            let mut with_id = record.clone();
+            with_id.insert("id".into(), json!(12345));
+            assert_eq!(record_size(&with_id), expected);
+        }
+    }
+
+    #[test]
+    fn size_limit_and_access() {
+        let limits = ModelLimits {
+            record_max_bytes: 9,
+            ..ModelLimits::NONE
+        };
+        let mut record = Record::new();
+        record.insert("a".into(), json!("xyz")); // {"a":"xyz"} = 11 bytes
+        assert!(matches!(
+            limits.check_size(&record),
+            Err(StoreError::TooLarge { max: 9 })
+        ));
+        record.insert("a".into(), json!(1)); // {"a":1} = 7 bytes
+        assert!(limits.check_size(&record).is_ok());
+        let (alice, bob) = (UserId::new("1"), UserId::new("2"));
+        assert!(WriteAccess::Anyone.allows(None));
+        assert!(WriteAccess::Owner(alice.clone()).allows(Some(&alice)));
+        assert!(!WriteAccess::Owner(alice.clone()).allows(Some(&bob)));
+        assert!(!WriteAccess::Owner(alice).allows(None));
     }
 }

@@ -12,9 +12,9 @@ use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime, Timeouts
 use tokio::time::Instant;
 
 use super::{
-    ChatMember, ChatStore, ConnKey, ModelStore, NewUser, PresenceStore, Record, SeatClaim,
-    StoreError, StoreResult, TokenHash, TokenRecord, TokenStore, User, UserId, UserStore, keys,
-    merge_record,
+    ChatMember, ChatStore, ConnKey, ModelLimits, ModelStore, NewUser, PresenceStore, Quota, Record,
+    SeatClaim, StoreError, StoreResult, TokenHash, TokenRecord, TokenStore, User, UserId,
+    UserStore, WriteAccess, keys, merge_record,
 };
 use crate::metrics::Metrics;
 
@@ -285,21 +285,60 @@ impl UserStore for RedisUserStore {
     }
 }
 
-/// Models: one hash per model (`<prefix>:model:<Model>`, field = id), ids from
-/// `<prefix>:model-ids:<Model>`.
+/// Models: one hash per model (`<prefix>:model:<Model>`, field = id, value = the record's
+/// JSON exactly as clients see it), ids from `<prefix>:model-ids:<Model>`, owners beside the
+/// records in `<prefix>:model-owners:<Model>`, per-user counts in
+/// `<prefix>:model-owned:<Model>`, model names in `<prefix>:models`. Every write that checks
+/// an owner or a quota does it in the same Lua script (or WATCH transaction) as the write.
 pub struct RedisModelStore(pub RedisBackend);
 
-/// Replaces a field only if it exists. KEYS: hash; ARGV: field, value.
-const REPLACE_IF_EXISTS: &str = r#"
+/// Creates a record within the quotas. KEYS: models set, id counter, records, owners, owned
+/// counts. ARGV: model, owner, record JSON without id, max models, max records per user
+/// (0 = no limit). Returns the id, -1 over the model quota, -2 over the user's quota.
+const CREATE_RECORD: &str = r#"
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
+  local max = tonumber(ARGV[4])
+  if max > 0 and redis.call('SCARD', KEYS[1]) >= max then return -1 end
+end
+local limit = tonumber(ARGV[5])
+if limit > 0 and tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0') >= limit then return -2 end
+redis.call('SADD', KEYS[1], ARGV[1])
+local id = redis.call('INCR', KEYS[2])
+local body = ARGV[3]
+local record
+if body == '{}' then
+  record = '{"id":' .. id .. '}'
+else
+  record = '{"id":' .. id .. ',' .. string.sub(body, 2)
+end
+redis.call('HSET', KEYS[3], id, record)
+redis.call('HSET', KEYS[4], id, ARGV[2])
+redis.call('HINCRBY', KEYS[5], ARGV[2], 1)
+return id
+"#;
+
+/// Replaces a record if it exists and the writer may. KEYS: records, owners. ARGV: id, JSON,
+/// "1" to require the owner, owner. Returns 1, 0 (no record) or -1 (not the owner).
+const REPLACE_RECORD: &str = r#"
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+if ARGV[3] == '1' and redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[4] then return -1 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 "#;
 
-/// Deletes a field and returns its value. KEYS: hash; ARGV: field.
-const DELETE_RETURNING: &str = r#"
+/// Deletes a record if the writer may and returns it. KEYS: records, owners, owned counts.
+/// ARGV: id, "1" to require the owner, owner. Returns the record, 0 (none) or -1 (not the
+/// owner).
+const DELETE_RECORD: &str = r#"
 local value = redis.call('HGET', KEYS[1], ARGV[1])
-if value then redis.call('HDEL', KEYS[1], ARGV[1]) end
+if not value then return 0 end
+local owner = redis.call('HGET', KEYS[2], ARGV[1])
+if ARGV[2] == '1' and owner ~= ARGV[3] then return -1 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if owner then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  if redis.call('HINCRBY', KEYS[3], owner, -1) <= 0 then redis.call('HDEL', KEYS[3], owner) end
+end
 return value
 "#;
 
@@ -307,29 +346,74 @@ fn decode_record(raw: &str) -> StoreResult<Record> {
     decode("record", raw)
 }
 
+/// `"1"` and the owner when `access` requires one, else `"0"` and nothing.
+fn owner_args(access: &WriteAccess) -> (&'static str, String) {
+    match access {
+        WriteAccess::Anyone => ("0", String::new()),
+        WriteAccess::Owner(user) => ("1", user.as_str().to_string()),
+    }
+}
+
+async fn unwatch(conn: &mut deadpool_redis::Connection) -> StoreResult<()> {
+    redis::cmd("UNWATCH")
+        .query_async::<()>(conn)
+        .await
+        .map_err(unavailable)
+}
+
 #[async_trait]
 impl ModelStore for RedisModelStore {
-    async fn create(&self, model: &str, mut data: Record) -> StoreResult<Record> {
-        let (hash, counter) = (
-            keys::model(self.0.prefix(), model),
-            keys::model_next_id(self.0.prefix(), model),
-        );
-        let id: u64 = self
-            .0
-            .run("model_next_id", |mut conn| async move {
-                conn.incr(&counter, 1).await.map_err(unavailable)
-            })
-            .await?;
-        data.insert("id".into(), id.into());
+    async fn create(
+        &self,
+        model: &str,
+        owner: &UserId,
+        mut data: Record,
+        limits: &ModelLimits,
+    ) -> StoreResult<Record> {
+        data.remove("id");
+        limits.check_size(&data)?;
+        let prefix = self.0.prefix();
+        let names = [
+            keys::models(prefix),
+            keys::model_next_id(prefix, model),
+            keys::model(prefix, model),
+            keys::model_owners(prefix, model),
+            keys::model_owned(prefix, model),
+        ];
         let json = encode(&data)?;
-        self.0
+        let (name, owner_arg) = (model.to_string(), owner.as_str().to_string());
+        let (max_models, per_user) = (limits.max_models, limits.records_per_user);
+        let id: i64 = self
+            .0
             .run("model_create", |mut conn| async move {
-                conn.hset::<_, _, _, ()>(&hash, id, &json)
+                let [set, counter, records, owners, owned] = &names;
+                Script::new(CREATE_RECORD)
+                    .key(set)
+                    .key(counter)
+                    .key(records)
+                    .key(owners)
+                    .key(owned)
+                    .arg(&name)
+                    .arg(&owner_arg)
+                    .arg(&json)
+                    .arg(max_models)
+                    .arg(per_user)
+                    .invoke_async(&mut conn)
                     .await
                     .map_err(unavailable)
             })
             .await?;
-        Ok(data)
+        match id {
+            -1 => Err(StoreError::Quota(Quota::Models(max_models))),
+            -2 => Err(StoreError::Quota(Quota::RecordsPerUser(per_user))),
+            id if id > 0 => {
+                data.insert("id".into(), id.into());
+                Ok(data)
+            }
+            other => Err(StoreError::Corrupt(format!(
+                "record create returned {other}"
+            ))),
+        }
     }
 
     async fn list(&self, model: &str, limit: usize) -> StoreResult<Vec<Record>> {
@@ -359,34 +443,63 @@ impl ModelStore for RedisModelStore {
         raw.map(|raw| decode_record(&raw)).transpose()
     }
 
-    async fn replace(&self, model: &str, id: u64, mut data: Record) -> StoreResult<Record> {
-        let hash = keys::model(self.0.prefix(), model);
+    async fn replace(
+        &self,
+        model: &str,
+        id: u64,
+        mut data: Record,
+        access: &WriteAccess,
+        limits: &ModelLimits,
+    ) -> StoreResult<Record> {
+        limits.check_size(&data)?;
+        let (hash, owners) = (
+            keys::model(self.0.prefix(), model),
+            keys::model_owners(self.0.prefix(), model),
+        );
         data.insert("id".into(), id.into());
         let json = encode(&data)?;
-        let replaced: u8 = self
+        let (check, owner) = owner_args(access);
+        let replaced: i64 = self
             .0
             .run("model_replace", |mut conn| async move {
-                Script::new(REPLACE_IF_EXISTS)
+                Script::new(REPLACE_RECORD)
                     .key(&hash)
+                    .key(&owners)
                     .arg(id)
                     .arg(&json)
+                    .arg(check)
+                    .arg(&owner)
                     .invoke_async(&mut conn)
                     .await
                     .map_err(unavailable)
             })
             .await?;
-        if replaced == 1 {
-            Ok(data)
-        } else {
-            Err(StoreError::NotFound)
+        match replaced {
+            1 => Ok(data),
+            -1 => Err(StoreError::Forbidden),
+            _ => Err(StoreError::NotFound),
         }
     }
 
-    async fn patch(&self, model: &str, id: u64, patch: Record) -> StoreResult<Record> {
-        let hash = keys::model(self.0.prefix(), model);
+    async fn patch(
+        &self,
+        model: &str,
+        id: u64,
+        patch: Record,
+        access: &WriteAccess,
+        limits: &ModelLimits,
+    ) -> StoreResult<Record> {
+        let (hash, owners) = (
+            keys::model(self.0.prefix(), model),
+            keys::model_owners(self.0.prefix(), model),
+        );
+        let access = access.clone();
+        let limits = *limits;
         self.0
             .run("model_patch", |mut conn| async move {
                 // Optimistic transaction: retry when another writer changed the hash meanwhile.
+                // A record's owner never changes while the record exists, so watching the
+                // records hash covers the owner check too.
                 for _ in 0..16 {
                     redis::cmd("WATCH")
                         .arg(&hash)
@@ -395,14 +508,23 @@ impl ModelStore for RedisModelStore {
                         .map_err(unavailable)?;
                     let raw: Option<String> = conn.hget(&hash, id).await.map_err(unavailable)?;
                     let Some(raw) = raw else {
-                        redis::cmd("UNWATCH")
-                            .query_async::<()>(&mut conn)
-                            .await
-                            .map_err(unavailable)?;
+                        unwatch(&mut conn).await?;
                         return Err(StoreError::NotFound);
                     };
+                    if let WriteAccess::Owner(_) = access {
+                        let owner: Option<String> =
+                            conn.hget(&owners, id).await.map_err(unavailable)?;
+                        if !access.allows(owner.map(UserId::new).as_ref()) {
+                            unwatch(&mut conn).await?;
+                            return Err(StoreError::Forbidden);
+                        }
+                    }
                     let mut record = decode_record(&raw)?;
                     merge_record(&mut record, patch.clone());
+                    if let Err(err) = limits.check_size(&record) {
+                        unwatch(&mut conn).await?;
+                        return Err(err);
+                    }
                     let json = encode(&record)?;
                     let done: Option<()> = redis::pipe()
                         .atomic()
@@ -420,22 +542,34 @@ impl ModelStore for RedisModelStore {
             .await
     }
 
-    async fn delete(&self, model: &str, id: u64) -> StoreResult<Record> {
-        let hash = keys::model(self.0.prefix(), model);
-        let raw: Option<String> = self
+    async fn delete(&self, model: &str, id: u64, access: &WriteAccess) -> StoreResult<Record> {
+        let prefix = self.0.prefix();
+        let (hash, owners, owned) = (
+            keys::model(prefix, model),
+            keys::model_owners(prefix, model),
+            keys::model_owned(prefix, model),
+        );
+        let (check, owner) = owner_args(access);
+        let reply: redis::Value = self
             .0
             .run("model_delete", |mut conn| async move {
-                Script::new(DELETE_RETURNING)
+                Script::new(DELETE_RECORD)
                     .key(&hash)
+                    .key(&owners)
+                    .key(&owned)
                     .arg(id)
+                    .arg(check)
+                    .arg(&owner)
                     .invoke_async(&mut conn)
                     .await
                     .map_err(unavailable)
             })
             .await?;
-        raw.map(|raw| decode_record(&raw))
-            .transpose()?
-            .ok_or(StoreError::NotFound)
+        match reply {
+            redis::Value::BulkString(raw) => decode_record(&String::from_utf8_lossy(&raw)),
+            redis::Value::Int(-1) => Err(StoreError::Forbidden),
+            _ => Err(StoreError::NotFound),
+        }
     }
 }
 

@@ -44,7 +44,9 @@ describe('demo pages (headless Chromium)', () => {
     }
     const { chromium } = require('playwright-core');
     fs.mkdirSync(ARTIFACTS, { recursive: true });
-    node = await startNode({ env: { FANOUT_NODE_ID: NODE_ID } });
+    // The demo's order list is shared: tab B deletes an order tab A created, which the default
+    // `owner` policy would refuse (403), so Order is an `authenticated` model here.
+    node = await startNode({ env: { FANOUT_NODE_ID: NODE_ID, FANOUT_MODEL_ACL: 'Order=authenticated' } });
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
