@@ -279,6 +279,25 @@ describe('local deployment: HAProxy (sticky) → 3 nodes → Redis, scraped by P
     }
   });
 
+  it('a flood of garbage on fanout:events is counted in full and logged at most once a second', async () => {
+    const sample = 'fanout_bad_input_total{code="bad_request",origin="events"}';
+    const count = async (n) => metricValue(await metrics(n.url), sample) ?? 0;
+    const logLines = (n) => dep.logs(n.id).split('\n').filter((l) => l.includes('malformed message on the events channel')).length;
+    const before = await Promise.all(dep.nodes.map(async (n) => ({ count: await count(n), lines: logLines(n) })));
+    const started = Date.now();
+    const flood = await dep.redis.admin(['EVAL', "for i = 1, 200 do redis.call('PUBLISH', 'fanout:events', 'not json') end return 200", '0']);
+    assert.equal(flood.stdout.trim(), '200', flood.stdout + flood.stderr);
+    await eventually('200 malformed messages counted on every node', 10_000, async () => {
+      const now = await Promise.all(dep.nodes.map(count));
+      return now.every((c, i) => c - before[i].count === 200);
+    });
+    const seconds = Math.ceil((Date.now() - started) / 1000) + 1;
+    for (const [i, n] of dep.nodes.entries()) {
+      const logged = logLines(n) - before[i].lines;
+      assert.ok(logged >= 1 && logged <= seconds, `${n.id} logged ${logged} lines for 200 messages in ${seconds} s`);
+    }
+  });
+
   it('the load balancer: no access_token in its log, no /metrics for clients', async () => {
     const u = await newUser(dep.lb, 'lblog');
     const marker = `/api/models/LogCheck?access_token=${u.token}`;
