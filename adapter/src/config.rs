@@ -17,6 +17,9 @@ pub enum ConfigError {
     /// A timeout or interval is zero.
     #[error("{0} must be > 0")]
     ZeroDuration(&'static str),
+    /// `max_message_bytes` or `remote_ack_requests_max` is 0.
+    #[error("{0} must be > 0")]
+    ZeroLimit(&'static str),
     /// The reconnect delays are not `0 < min <= max`.
     #[error("reconnect delays must satisfy 0 < min <= max (min {min:?}, max {max:?})")]
     ReconnectDelays {
@@ -54,6 +57,24 @@ pub struct RedisAdapterConfig {
     /// Publish responses on the requester's own response channel
     /// (`publishOnSpecificResponseChannel`) instead of the shared one. Default false, like Node.
     pub publish_on_specific_response_channel: bool,
+    /// Largest inbound message accepted from Redis, in bytes, on every subscribed channel
+    /// (broadcasts, requests, responses, plain channels). A bigger one is skipped before it
+    /// is copied or decoded and counted (`fanout_adapter_oversize_messages_total{kind}`).
+    /// Default 4 MiB.
+    pub max_message_bytes: usize,
+    /// Most broadcast-with-ack requests from other nodes served at once (each holds its
+    /// packet and waits for client acks until its timeout). Requests over it are refused
+    /// without an answer and counted (`fanout_adapter_remote_requests_refused_total`).
+    /// Default 256.
+    pub remote_ack_requests_max: usize,
+    /// Longest ack timeout a remote broadcast-with-ack request gets; a longer (or absent)
+    /// timeout is lowered to it and counted (`fanout_adapter_remote_ack_timeouts_capped_total`).
+    /// Default 30 s.
+    pub remote_ack_timeout_max: Duration,
+    /// A counter vector with labels `[transport, reason]` that inbound drops are also counted
+    /// in, as `("redis", "too_large")` and `("redis", "queue_full")` — the node passes its
+    /// `fanout_messages_dropped_total`. None: only the adapter's own metrics count them.
+    pub dropped_counter: Option<prometheus::IntCounterVec>,
 }
 
 impl Default for RedisAdapterConfig {
@@ -70,6 +91,10 @@ impl Default for RedisAdapterConfig {
             reconnect_max_delay: Duration::from_secs(5),
             health_check_interval: Duration::from_secs(5),
             publish_on_specific_response_channel: false,
+            max_message_bytes: 4 * 1024 * 1024,
+            remote_ack_requests_max: 256,
+            remote_ack_timeout_max: Duration::from_secs(30),
+            dropped_counter: None,
         }
     }
 }
@@ -128,6 +153,26 @@ impl RedisAdapterConfig {
         self.publish_on_specific_response_channel = on;
         self
     }
+    /// Sets the largest inbound message accepted from Redis.
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+    /// Sets how many remote broadcast-with-ack requests are served at once.
+    pub fn with_remote_ack_requests_max(mut self, max: usize) -> Self {
+        self.remote_ack_requests_max = max;
+        self
+    }
+    /// Sets the longest ack timeout a remote broadcast-with-ack request gets.
+    pub fn with_remote_ack_timeout_max(mut self, max: Duration) -> Self {
+        self.remote_ack_timeout_max = max;
+        self
+    }
+    /// Also counts inbound drops in `counter` (labels `[transport, reason]`).
+    pub fn with_dropped_counter(mut self, counter: prometheus::IntCounterVec) -> Self {
+        self.dropped_counter = Some(counter);
+        self
+    }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.key.is_empty() {
@@ -141,9 +186,16 @@ impl RedisAdapterConfig {
             ("command_timeout", self.command_timeout),
             ("connect_timeout", self.connect_timeout),
             ("health_check_interval", self.health_check_interval),
+            ("remote_ack_timeout_max", self.remote_ack_timeout_max),
         ];
         if let Some((name, _)) = timeouts.iter().find(|(_, d)| d.is_zero()) {
             return Err(ConfigError::ZeroDuration(name));
+        }
+        if self.max_message_bytes == 0 {
+            return Err(ConfigError::ZeroLimit("max_message_bytes"));
+        }
+        if self.remote_ack_requests_max == 0 {
+            return Err(ConfigError::ZeroLimit("remote_ack_requests_max"));
         }
         if self.reconnect_min_delay.is_zero() || self.reconnect_max_delay < self.reconnect_min_delay
         {
@@ -163,6 +215,7 @@ impl RedisAdapterConfig {
             reconnect_min_delay: self.reconnect_min_delay,
             reconnect_max_delay: self.reconnect_max_delay,
             health_check_interval: self.health_check_interval,
+            max_message_bytes: self.max_message_bytes,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use socketioxide_core::adapter::BroadcastOptions;
 use socketioxide_core::packet::Packet;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::RedisAdapterConfig;
 use crate::convert::{ConvertError, EVENT, rmpv_to_json};
@@ -67,6 +67,12 @@ pub(crate) struct CtrInner {
     pub request_timeout: Duration,
     pub inbound_buffer: usize,
     pub publish_on_specific_response_channel: bool,
+    /// Remote broadcast-with-ack requests in flight (`remote_ack_requests_max` permits).
+    pub remote_acks: Arc<Semaphore>,
+    /// `remote_ack_requests_max`, for the log line of a refusal.
+    pub remote_ack_requests_max: usize,
+    /// Longest ack timeout a remote broadcast-with-ack request gets.
+    pub remote_ack_timeout_max: Duration,
     pub metrics: Metrics,
     hook: RwLock<Option<RemoteBroadcastHook>>,
     /// This server's uid on the wire, known once the first namespace exists.
@@ -101,7 +107,7 @@ impl FanoutAdapterCtr {
     /// reconnecting with backoff and resubscribing everything.
     pub async fn redis(config: RedisAdapterConfig) -> Result<Self, Error> {
         config.validate()?;
-        let metrics = Metrics::unregistered()?;
+        let metrics = Metrics::unregistered()?.with_node_dropped(config.dropped_counter.clone());
         let driver = RedisDriver::connect(config.driver_config(), metrics.clone()).await?;
         // Registered only once connected, so a caller may retry a failed start with the same
         // registry.
@@ -119,6 +125,9 @@ impl FanoutAdapterCtr {
                 request_timeout: config.request_timeout,
                 inbound_buffer: config.inbound_buffer,
                 publish_on_specific_response_channel: config.publish_on_specific_response_channel,
+                remote_acks: Arc::new(Semaphore::new(config.remote_ack_requests_max)),
+                remote_ack_requests_max: config.remote_ack_requests_max,
+                remote_ack_timeout_max: config.remote_ack_timeout_max,
                 metrics,
                 hook: RwLock::new(None),
                 uid: OnceLock::new(),

@@ -46,7 +46,20 @@ pub struct Metrics {
     /// `fanout_adapter_unmappable_sockets_total`: remote sockets returned by a fetch whose id
     /// is not a socketioxide `Sid` (e.g. Node.js 20-char ids); they are left out of the result.
     pub unmappable_sockets: IntCounter,
-    last_log: std::sync::Arc<[AtomicU64; 4]>,
+    /// `fanout_adapter_oversize_messages_total{kind}`: inbound messages longer than
+    /// `max_message_bytes`, skipped before being copied or decoded, by kind (`broadcast`,
+    /// `request`, `response`, `channel`).
+    pub oversize: IntCounterVec,
+    /// `fanout_adapter_remote_requests_refused_total{type}`: requests from other nodes
+    /// refused because too many of that type were already being served (`broadcast_ack`).
+    pub remote_requests_refused: IntCounterVec,
+    /// `fanout_adapter_remote_ack_timeouts_capped_total`: remote broadcast-with-ack requests
+    /// whose timeout was longer than `remote_ack_timeout_max` (or absent) and was lowered.
+    pub remote_ack_timeouts_capped: IntCounter,
+    /// The node's `fanout_messages_dropped_total{transport,reason}`, when given: inbound drops
+    /// are also counted there with `transport="redis"`.
+    node_dropped: Option<IntCounterVec>,
+    last_log: std::sync::Arc<[AtomicU64; 6]>,
 }
 
 /// The kinds of warnings that are rate-limited independently.
@@ -56,6 +69,8 @@ enum LogKind {
     Dropped = 1,
     Publish = 2,
     Connection = 3,
+    Oversize = 4,
+    Refused = 5,
 }
 
 impl Metrics {
@@ -78,6 +93,9 @@ impl Metrics {
         registry.register(Box::new(self.reconnects.clone()))?;
         registry.register(Box::new(self.subscriptions_live.clone()))?;
         registry.register(Box::new(self.unmappable_sockets.clone()))?;
+        registry.register(Box::new(self.oversize.clone()))?;
+        registry.register(Box::new(self.remote_requests_refused.clone()))?;
+        registry.register(Box::new(self.remote_ack_timeouts_capped.clone()))?;
         Ok(())
     }
 
@@ -133,8 +151,70 @@ impl Metrics {
                 "fanout_adapter_unmappable_sockets_total",
                 "Remote sockets left out of fetch_sockets because their id is not a socketioxide Sid",
             )?,
+            oversize: vec(
+                "fanout_adapter_oversize_messages_total",
+                "Inbound messages over the size cap, skipped undecoded, by kind",
+                &["kind"],
+            )?,
+            remote_requests_refused: vec(
+                "fanout_adapter_remote_requests_refused_total",
+                "Requests from other nodes refused because too many were being served, by type",
+                &["type"],
+            )?,
+            remote_ack_timeouts_capped: IntCounter::new(
+                "fanout_adapter_remote_ack_timeouts_capped_total",
+                "Remote broadcast-with-ack requests whose ack timeout was lowered to the maximum",
+            )?,
+            node_dropped: None,
             last_log: std::sync::Arc::new(Default::default()),
         })
+    }
+
+    /// Also counts inbound drops in `counter` (labels `[transport, reason]`, the node's
+    /// `fanout_messages_dropped_total`).
+    pub(crate) fn with_node_dropped(mut self, counter: Option<IntCounterVec>) -> Self {
+        self.node_dropped = counter;
+        self
+    }
+
+    fn node_drop(&self, reason: &'static str) {
+        if let Some(counter) = &self.node_dropped {
+            counter.with_label_values(&["redis", reason]).inc();
+        }
+    }
+
+    /// An inbound message was over the size cap and skipped; count it and log (rate-limited).
+    pub(crate) fn too_large(&self, kind: &'static str, channel: &str, len: usize, max: usize) {
+        self.oversize.with_label_values(&[kind]).inc();
+        self.node_drop("too_large");
+        if self.should_log(LogKind::Oversize) {
+            tracing::warn!(
+                kind,
+                channel,
+                len,
+                max,
+                "inbound message over the size cap skipped (FANOUT_REDIS_MAX_MESSAGE_BYTES)"
+            );
+        }
+    }
+
+    /// A request from another node was refused: too many of its type in flight.
+    pub(crate) fn remote_refused(&self, kind: &'static str, max: usize) {
+        self.remote_requests_refused
+            .with_label_values(&[kind])
+            .inc();
+        if self.should_log(LogKind::Refused) {
+            tracing::warn!(
+                kind,
+                max,
+                "remote request refused: too many in flight (FANOUT_REMOTE_ACK_REQUESTS_MAX)"
+            );
+        }
+    }
+
+    /// A remote ack request asked for a longer (or no) timeout and got the maximum.
+    pub(crate) fn ack_timeout_capped(&self) {
+        self.remote_ack_timeouts_capped.inc();
     }
 
     /// A message could not be decoded; count it and log (rate-limited).
@@ -148,6 +228,7 @@ impl Metrics {
     /// An inbound message was dropped because its queue was full; count it and log (rate-limited).
     pub(crate) fn dropped(&self, kind: &'static str, channel: &str) {
         self.dropped.with_label_values(&[kind]).inc();
+        self.node_drop("queue_full");
         if self.should_log(LogKind::Dropped) {
             tracing::warn!(
                 kind,
@@ -253,5 +334,20 @@ mod tests {
         assert!(names.contains(&"fanout_adapter_malformed_messages_total".to_string()));
         // registering twice into the same registry is an error, not a panic
         assert!(Metrics::new(&reg).is_err());
+    }
+
+    #[test]
+    fn drops_reach_the_node_counter() {
+        let node =
+            IntCounterVec::new(Opts::new("x_dropped", "h"), &["transport", "reason"]).unwrap();
+        let m = Metrics::unregistered()
+            .unwrap()
+            .with_node_dropped(Some(node.clone()));
+        m.dropped("channel", "c");
+        m.too_large("request", "c", 10, 5);
+        m.too_large("broadcast", "c", 10, 5);
+        assert_eq!(Metrics::get(&node, &["redis", "queue_full"]), 1);
+        assert_eq!(Metrics::get(&node, &["redis", "too_large"]), 2);
+        assert_eq!(Metrics::get(&m.oversize, &["request"]), 1);
     }
 }

@@ -13,6 +13,10 @@
 #   DEPLOY_READY_TIMEOUT    30                    seconds `up` waits for each component
 #   DEPLOY_STOP_TIMEOUT     30                    seconds `down` waits before SIGKILL
 #   FANOUT_NODE_BIN         target/release/fanout-node, else target/debug/fanout-node
+#   REDIS_FANOUT_PASSWORD   random                password of the nodes' Redis user `fanout`
+#   REDIS_ADMIN_PASSWORD    random                password of the Redis user `admin`
+# Redis runs with deploy/redis/redis.conf and the ACL of deploy/redis/users.acl.in (the default
+# user is off); the passwords `up` used are kept in DEPLOY_RUN_DIR/redis/credentials.env (0600).
 # Every FANOUT_* variable in the environment reaches the nodes (FANOUT_BIND, FANOUT_NODE_ID
 # and FANOUT_REDIS_URL are set per node by `up`). Everything listens on 127.0.0.1 only.
 
@@ -73,6 +77,20 @@ alive() {
   # redis-server rewrites its title to "redis-server 127.0.0.1:port": keep the first word.
   argv0="$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | awk '{print $1}')"
   [[ "$(basename "$argv0")" == "$expect" ]]
+}
+
+# Loads the Redis passwords `up` recorded (credentials.env, mode 0600).
+load_credentials() {
+  [[ -f "$RUN_DIR/redis/credentials.env" ]] || return 1
+  # shellcheck disable=SC1091
+  source "$RUN_DIR/redis/credentials.env"
+}
+
+# redis_cli ARGS…: redis-cli on the deployment's Redis as user `fanout` (password from the
+# environment, never on the command line).
+redis_cli() {
+  REDISCLI_AUTH="$REDIS_FANOUT_PASSWORD" redis-cli --no-auth-warning --user fanout \
+    -h "$HOST" -p "$REDIS_PORT" "$@"
 }
 
 # Names of the components up started, in start order (redis, node1..N, haproxy, prometheus).

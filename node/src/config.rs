@@ -180,6 +180,33 @@ pub struct Config {
     #[arg(long, env = "FANOUT_CLIENT_QUEUE_MESSAGES", default_value_t = 1024)]
     pub client_queue_messages: usize,
 
+    /// Largest message accepted from Redis in bytes, on every channel (adapter broadcasts,
+    /// requests and responses, the events, stream and revocations channels). A bigger one is
+    /// skipped undecoded and counted in `fanout_messages_dropped_total{transport="redis",
+    /// reason="too_large"}`. Must exceed FANOUT_MAX_PAYLOAD by at least 64 KiB (envelopes);
+    /// Redis's `client-output-buffer-limit pubsub` must fit it many times (docs/OPERATIONS.md).
+    #[arg(
+        long,
+        env = "FANOUT_REDIS_MAX_MESSAGE_BYTES",
+        default_value_t = 4_194_304
+    )]
+    pub redis_max_message_bytes: usize,
+
+    /// Most broadcast-with-ack requests from other nodes served at once; more are refused
+    /// (no answer) and counted in `fanout_adapter_remote_requests_refused_total`.
+    #[arg(long, env = "FANOUT_REMOTE_ACK_REQUESTS_MAX", default_value_t = 256)]
+    pub remote_ack_requests_max: usize,
+
+    /// Longest ack timeout a broadcast-with-ack request from another node gets (ms); a longer
+    /// or absent one is lowered to it and counted in
+    /// `fanout_adapter_remote_ack_timeouts_capped_total`.
+    #[arg(
+        long,
+        env = "FANOUT_REMOTE_ACK_TIMEOUT_MAX_MS",
+        default_value_t = 30_000
+    )]
+    pub remote_ack_timeout_max_ms: u64,
+
     /// Seats in a `/chat` room.
     #[arg(long, env = "FANOUT_CHAT_ROOM_CAPACITY", default_value_t = 2)]
     pub chat_room_capacity: u32,
@@ -253,6 +280,17 @@ impl Config {
         if self.client_queue_bytes < 1024 || self.client_queue_messages == 0 {
             return Err(ConfigError(
                 "FANOUT_CLIENT_QUEUE_BYTES must be at least 1024 and FANOUT_CLIENT_QUEUE_MESSAGES positive".into(),
+            ));
+        }
+        if self.redis_max_message_bytes < self.max_payload.saturating_add(65_536) {
+            return Err(ConfigError(
+                "FANOUT_REDIS_MAX_MESSAGE_BYTES must be at least FANOUT_MAX_PAYLOAD + 65536".into(),
+            ));
+        }
+        if self.remote_ack_requests_max == 0 || self.remote_ack_timeout_max_ms == 0 {
+            return Err(ConfigError(
+                "FANOUT_REMOTE_ACK_REQUESTS_MAX and FANOUT_REMOTE_ACK_TIMEOUT_MAX_MS must be positive"
+                    .into(),
             ));
         }
         if self.chat_room_capacity == 0 {
@@ -354,5 +392,39 @@ mod tests {
         }
         let cfg = Config::parse_from(["fanout-node", "--login-per-ip-per-minute", "0"]);
         assert!(cfg.validate().is_ok(), "0 turns a throttle off");
+    }
+
+    #[test]
+    fn redis_limits_are_validated() {
+        let ok = Config::for_tests();
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.redis_max_message_bytes, 4_194_304);
+        assert_eq!(ok.remote_ack_requests_max, 256);
+        assert_eq!(ok.remote_ack_timeout_max_ms, 30_000);
+
+        let mut small = Config::for_tests();
+        small.redis_max_message_bytes = small.max_payload; // no room for the envelope
+        assert!(small.validate().is_err());
+        let mut zero = Config::for_tests();
+        zero.remote_ack_requests_max = 0;
+        assert!(zero.validate().is_err());
+        let mut zero = Config::for_tests();
+        zero.remote_ack_timeout_max_ms = 0;
+        assert!(zero.validate().is_err());
+
+        let parsed = Config::try_parse_from([
+            "fanout-node",
+            "--redis-max-message-bytes",
+            "2000000",
+            "--remote-ack-requests-max",
+            "8",
+            "--remote-ack-timeout-max-ms",
+            "500",
+        ])
+        .expect("flags parse");
+        assert_eq!(parsed.redis_max_message_bytes, 2_000_000);
+        assert_eq!(parsed.remote_ack_requests_max, 8);
+        assert_eq!(parsed.remote_ack_timeout_max_ms, 500);
+        assert!(parsed.validate().is_ok());
     }
 }

@@ -76,7 +76,11 @@ pub async fn publish_model_event(
 }
 
 /// Delivers every message of the events channel to local subscribers, until the bus closes.
+/// Anyone who can publish on the channel can send garbage: every malformed message is counted,
+/// but at most one per second is logged.
 pub async fn run_events_listener(state: AppState, mut rx: mpsc::Receiver<Bytes>) {
+    let malformed_logs =
+        governor::RateLimiter::direct(governor::Quota::per_second(std::num::NonZeroU32::MIN));
     while let Some(payload) = rx.recv().await {
         let received = Instant::now();
         match decode_event(&payload) {
@@ -86,7 +90,9 @@ pub async fn run_events_listener(state: AppState, mut rx: mpsc::Receiver<Bytes>)
             }
             Err(err) => {
                 state.metrics.bad_input("events", err.code.as_str());
-                tracing::warn!(%err, bytes = payload.len(), "malformed message on the events channel");
+                if malformed_logs.check().is_ok() {
+                    tracing::warn!(%err, bytes = payload.len(), "malformed message on the events channel (further ones within 1 s: counted in fanout_bad_input_total only)");
+                }
             }
         }
     }

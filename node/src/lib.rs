@@ -209,7 +209,11 @@ async fn connect_adapter(cfg: &Config, metrics: &Metrics) -> FanoutAdapterCtr {
     };
     let config = RedisAdapterConfig::new(url.clone())
         .with_key(cfg.adapter_key.clone())
-        .with_registry(metrics.registry().clone());
+        .with_registry(metrics.registry().clone())
+        .with_max_message_bytes(cfg.redis_max_message_bytes)
+        .with_remote_ack_requests_max(cfg.remote_ack_requests_max)
+        .with_remote_ack_timeout_max(Duration::from_millis(cfg.remote_ack_timeout_max_ms))
+        .with_dropped_counter(metrics.dropped_counter().clone());
     let mut delay = Duration::from_millis(200);
     loop {
         match FanoutAdapterCtr::redis(config.clone()).await {

@@ -248,13 +248,22 @@ impl RedisInner {
         Ok(())
     }
 
+    /// Routes one inbound message. A payload over `max_message_bytes` is skipped here,
+    /// before it is copied, queued or decoded, and counted by kind.
     pub(super) fn dispatch(&self, msg: &redis::Msg) {
         let channel = msg.get_channel_name();
-        let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
         let key = match msg.get_pattern::<Option<String>>() {
             Ok(Some(p)) => SubKey::Pattern(p),
             _ => SubKey::Channel(channel.to_owned()),
         };
+        let len = msg.get_payload_bytes().len();
+        if len > self.cfg.max_message_bytes {
+            let kind = lock(&self.state).routes.kind_of(&key, channel);
+            self.metrics
+                .too_large(kind, channel, len, self.cfg.max_message_bytes);
+            return;
+        }
+        let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
         let (orphaned, sink) = {
             let mut state = lock(&self.state);
             let orphaned = state

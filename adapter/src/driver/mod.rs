@@ -49,6 +49,8 @@ pub(crate) struct DriverConfig {
     pub reconnect_min_delay: Duration,
     pub reconnect_max_delay: Duration,
     pub health_check_interval: Duration,
+    /// Inbound messages longer than this are skipped and counted.
+    pub max_message_bytes: usize,
 }
 
 /// The message bus behind the adapter: Redis, or an in-process loopback.

@@ -114,6 +114,22 @@ impl Routes {
         }
     }
 
+    /// What kind of message arrives on `channel` of `key`, for metric labels: `broadcast`
+    /// (adapter patterns), `request` / `response` (adapter channels), `channel` (plain).
+    pub(super) fn kind_of(&self, key: &SubKey, channel: &str) -> &'static str {
+        let adapter = self
+            .map
+            .get(key)
+            .and_then(|routes| routes.first())
+            .is_some_and(|(_, route)| matches!(route, Route::Adapter(_)));
+        match key {
+            _ if !adapter => "channel",
+            SubKey::Pattern(_) => "broadcast",
+            SubKey::Channel(_) if channel.contains("-request#") => "request",
+            SubKey::Channel(_) => "response",
+        }
+    }
+
     /// Delivers to every route of `key`, dropping closed routes and counting overflows.
     /// Returns true when the last route of `key` was closed (the key is then removed).
     pub(super) fn dispatch(

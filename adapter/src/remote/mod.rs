@@ -271,11 +271,16 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
             Ok(p) => p,
             Err(e) => return self.metrics().malformed("request", channel, &e),
         };
-        let timeout = opts
-            .flags
-            .as_ref()
-            .and_then(|f| f.timeout)
-            .map(Duration::from_millis);
+        // Each request in flight holds its packet and a task until its timeout: both are
+        // capped, so a peer (or anyone who can PUBLISH) cannot pile them up. A refused
+        // request gets no answer, like a request to a node that is down.
+        let inner = &self.ctr.inner;
+        let Ok(permit) = inner.remote_acks.clone().try_acquire_owned() else {
+            return self
+                .metrics()
+                .remote_refused("broadcast_ack", inner.remote_ack_requests_max);
+        };
+        let timeout = Some(self.capped_ack_timeout(opts));
         // Node drops the flags of an ack broadcast (only rooms/except count).
         let streams: Vec<_> = match self.resolve(opts, false) {
             Targets::Opts(o) => vec![self.local.broadcast_with_ack(packet.clone(), o, timeout)],
@@ -304,6 +309,7 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
         let weak = Arc::downgrade(self);
         let metrics = self.metrics().clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let count_res = WireResponse {
                 kind: Some(RequestType::BroadcastClientCount as u8),
                 request_id: request_id.clone(),
@@ -347,6 +353,23 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
                 }
             }
         });
+    }
+
+    /// The ack timeout of a remote broadcast-with-ack request: the one it asks for (our own
+    /// default when absent), at most `remote_ack_timeout_max` (counted when lowered).
+    fn capped_ack_timeout(&self, opts: &WireOpts) -> Duration {
+        let max = self.ctr.inner.remote_ack_timeout_max;
+        let asked = opts
+            .flags
+            .as_ref()
+            .and_then(|f| f.timeout)
+            .map_or_else(|| self.local.ack_timeout(), Duration::from_millis);
+        if asked > max {
+            self.metrics().ack_timeout_capped();
+            max
+        } else {
+            asked
+        }
     }
 
     /// A response on `key-response#nsp#[uid#]`: route it to the pending request.

@@ -2,14 +2,15 @@
 // The Docker-less deployment of deploy/local/: start it on free loopback ports in a temporary
 // run dir (deploy/local/up), stop it (deploy/local/down), read its PIDs, query its Prometheus.
 
-const { execFile, spawnSync } = require('node:child_process');
+const { execFile, spawn, spawnSync } = require('node:child_process');
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { BIN, HOST, REPO, freePort, sleep } = require('./node');
 
 const LOCAL = path.join(REPO, 'deploy', 'local');
-const TOOLS = ['redis-server', 'haproxy', 'prometheus', 'curl'];
+const TOOLS = ['redis-server', 'redis-cli', 'haproxy', 'prometheus', 'curl'];
 
 /** Throws with the install command when a tool deploy/local/up needs is missing. */
 function requireTools() {
@@ -28,9 +29,40 @@ function run(script, env, timeoutMs) {
 }
 
 /**
+ * redis-cli on 127.0.0.1:`port` as `user` (password through REDISCLI_AUTH, never argv; no user:
+ * an unauthenticated connection). `input` (a Buffer) becomes the last argument (`-x`).
+ * Resolves with { code, stdout, stderr }; bounded by `timeoutMs`.
+ */
+function redisCli(port, { user, password } = {}, args = [], { input, timeoutMs = 30_000 } = {}) {
+  const argv = ['--no-auth-warning', '-h', HOST, '-p', String(port)];
+  if (user) argv.push('--user', user);
+  if (input !== undefined) argv.push('-x');
+  argv.push(...args.map(String));
+  const env = { ...process.env };
+  delete env.REDISCLI_AUTH;
+  if (password) env.REDISCLI_AUTH = password;
+  return new Promise((resolve) => {
+    const proc = spawn('redis-cli', argv, { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    const timer = setTimeout(() => proc.kill('SIGKILL'), timeoutMs);
+    proc.stdout.on('data', (d) => { stdout += d; });
+    proc.stderr.on('data', (d) => { stderr += d; });
+    proc.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+    proc.stdin.on('error', () => {});
+    proc.stdin.end(input);
+  });
+}
+
+/**
  * Starts redis + `nodes` fanout-nodes + HAProxy + Prometheus with deploy/local/up.
  * Returns { lb, stats, prometheus, nodes: [{ id, port, url }], runDir, env,
- *           pid(name), status(), down(), logs(name) }.
+ *           pid(name), status(), down(), logs(name), redis }, where redis is
+ * { port, fanout(args, opts), admin(args, opts), anonymous(args, opts) }: redis-cli as the
+ * nodes' ACL user, as the admin user, and without credentials (passwords are random per run).
  */
 async function startDeployment({ nodes = 3, env = {}, upTimeoutMs = 90_000 } = {}) {
   requireTools();
@@ -38,6 +70,8 @@ async function startDeployment({ nodes = 3, env = {}, upTimeoutMs = 90_000 } = {
   const nodePorts = [];
   for (let i = 0; i < nodes; i += 1) nodePorts.push(await freePort());
   const [redisPort, lbPort, statsPort, promPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const fanoutPassword = crypto.randomBytes(16).toString('hex');
+  const adminPassword = crypto.randomBytes(16).toString('hex');
   const fullEnv = {
     ...process.env,
     FANOUT_NODE_BIN: BIN,
@@ -52,6 +86,8 @@ async function startDeployment({ nodes = 3, env = {}, upTimeoutMs = 90_000 } = {
     DEPLOY_SCRAPE_INTERVAL: '1s',
     DEPLOY_READY_TIMEOUT: '40',
     DEPLOY_STOP_TIMEOUT: '30',
+    REDIS_FANOUT_PASSWORD: fanoutPassword,
+    REDIS_ADMIN_PASSWORD: adminPassword,
     ...env,
   };
   const dep = {
@@ -61,6 +97,12 @@ async function startDeployment({ nodes = 3, env = {}, upTimeoutMs = 90_000 } = {
     stats: `http://${HOST}:${statsPort}`,
     prometheus: `http://${HOST}:${promPort}`,
     nodes: nodePorts.map((port, i) => ({ id: `node${i + 1}`, port, url: `http://${HOST}:${port}` })),
+    redis: {
+      port: redisPort,
+      fanout: (args, opts) => redisCli(redisPort, { user: 'fanout', password: fanoutPassword }, args, opts),
+      admin: (args, opts) => redisCli(redisPort, { user: 'admin', password: adminPassword }, args, opts),
+      anonymous: (args, opts) => redisCli(redisPort, {}, args, opts),
+    },
     /** PID deploy/local/up recorded for a component (node1…, redis, haproxy, prometheus). */
     pid(name) {
       const f = path.join(runDir, 'pids', `${name}.pid`);
@@ -133,4 +175,4 @@ async function eventually(what, ms, fn) {
   }
 }
 
-module.exports = { requireTools, startDeployment, pidAlive, promQuery, eventually };
+module.exports = { requireTools, startDeployment, pidAlive, promQuery, eventually, redisCli };

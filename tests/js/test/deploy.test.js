@@ -1,13 +1,15 @@
 'use strict';
-// End to end on the Docker-less twin of docker-compose.yml (deploy/local/up): redis-server,
-// 3 fanout-nodes, HAProxy with the cookie stickiness of deploy/haproxy/haproxy.cfg and
-// Prometheus, all on free loopback ports in a temporary run dir. Clients only talk to HAProxy.
+// End to end on the Docker-less twin of docker-compose.yml (deploy/local/up): redis-server
+// (deploy/redis: ACL user `fanout`, pub/sub output buffers), 3 fanout-nodes, HAProxy with the
+// cookie stickiness of deploy/haproxy/haproxy.cfg and Prometheus, all on free loopback ports in
+// a temporary run dir. Clients only talk to HAProxy.
 // Needs: apt-get install -y redis-server haproxy prometheus curl.
 
 const { describe, it, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const {
   api, newUser, connect, rawSocket, closeAll, emitAck, collect, subscribe, waitUntil, sleep,
+  metrics, metricValue, once,
 } = require('../lib/node');
 const { startDeployment, pidAlive, promQuery, eventually } = require('../lib/deploy');
 
@@ -139,6 +141,185 @@ describe('local deployment: HAProxy (sticky) → 3 nodes → Redis, scraped by P
       const lb = await promQuery(dep.prometheus, 'up{job="haproxy"}');
       return lb.length === 1 && lb[0].value[1] === '1';
     });
+  });
+
+  it('Redis ACL: every feature works as user fanout, with no denial in ACL LOG', async () => {
+    // The nodes' own connections (publisher, subscriber, store pool) all run as `fanout`.
+    const clients = (await dep.redis.admin(['CLIENT', 'LIST'])).stdout.split('\n').filter((l) => l.startsWith('id='));
+    const nodeClients = clients.filter((l) => !/ cmd=client\|list /.test(l));
+    assert.ok(nodeClients.length >= 6, clients.join('\n'));
+    for (const l of nodeClients) assert.match(l, / user=fanout /, l);
+    // nothing the earlier tests did was refused either
+    const before = await dep.redis.admin(['ACL', 'LOG']);
+    assert.equal(before.stdout.trim(), '', `denied commands:\n${before.stdout}`);
+
+    // Paths that use every command the ACL grants: users (Lua), tokens, models (MULTI/WATCH),
+    // presence, chat seats (Lua), the stream and revocation channels, the events channel.
+    const u = await newUser(dep.lb, 'acl');
+    const q = `?access_token=${u.token}`;
+    const created = await api(dep.lb, 'POST', `/api/models/AclOrder${q}`, { status: 'new' });
+    assert.equal(created.status, 201, created.text);
+    const { id } = created.body;
+    for (const [method, body] of [['PATCH', { status: 'paid' }], ['PUT', { status: 'shipped' }], ['GET'], ['DELETE']]) {
+      const r = await api(dep.lb, method, `/api/models/AclOrder/${id}${q}`, body);
+      assert.equal(r.status, 200, `${method}: ${r.text}`);
+    }
+    const s = await connect(dep.lb, { ...STICKY, auth: { token: u.token } });
+    await subscribe(s, 'deploy-acl');
+    const got = collect(s, 'deploy-acl');
+    const pub = await dep.redis.fanout(['PUBLISH', 'fanout:events', JSON.stringify({ topic: 'deploy-acl', data: 'via redis' })]);
+    assert.match(pub.stdout, /^[1-9]/, pub.stdout + pub.stderr);
+    await waitUntil(() => got.length === 1, 3000, 'the events-channel message');
+    const chat = rawSocket(`${dep.lb}/chat`, { ...STICKY, transports: ['websocket'] });
+    const people = once(chat, 'peopleinchat');
+    chat.emit('load', `acl-${id}`);
+    assert.equal((await people).number, 0);
+    const img = once(chat, 'img');
+    chat.emit('login', { user: 'acl', avatar: 'acl@example.com', id: `acl-${id}` });
+    assert.match(await img, /^https?:/);
+    const stream = await api(dep.lb, 'POST', `/api/stream${q}`, { name: 'a', screen_name: 'a', text: 'acl', user_profile_image: 'a' });
+    assert.equal(stream.status, 202, stream.text);
+    const loggedOut = once(s, 'disconnect', 5000);
+    const out = await api(dep.lb, 'POST', `/api/users/logout${q}`);
+    assert.equal(out.status, 204, out.text);
+    await loggedOut;
+
+    const log = await dep.redis.admin(['ACL', 'LOG']);
+    assert.equal(log.stdout.trim(), '', `denied commands:\n${log.stdout}`);
+  });
+
+  it('Redis ACL: the fanout user cannot touch other keys, channels or admin commands', async () => {
+    const denied = [
+      ['SET', 'other:x', '1'],
+      ['GET', 'other:x'],
+      ['DEL', 'fanout:users:by-username'],
+      ['PUBLISH', 'other', 'x'],
+      ['FLUSHALL'],
+      ['KEYS', '*'],
+      ['CONFIG', 'SET', 'client-output-buffer-limit', 'pubsub 0 0 0'],
+      ['CLIENT', 'KILL', 'TYPE', 'pubsub'],
+      ['EVAL', 'return 1', '0'],
+      ['SCRIPT', 'FLUSH'],
+      ['MONITOR'],
+      ['ACL', 'SETUSER', 'fanout', '+@all'],
+    ];
+    for (const cmd of denied) {
+      const r = await dep.redis.fanout(cmd, { timeoutMs: 5000 });
+      assert.match(r.stdout + r.stderr, /NOPERM/, `${cmd.join(' ')}: ${r.stdout}${r.stderr}`);
+    }
+    // a Lua script cannot reach past the ACL either
+    const sha = (await dep.redis.fanout(['SCRIPT', 'LOAD', "return redis.call('SET', 'other:y', '1')"])).stdout.trim();
+    assert.match(sha, /^[0-9a-f]{40}$/);
+    const lua = await dep.redis.fanout(['EVALSHA', sha, '0']);
+    assert.match(lua.stdout, /can't access|NOPERM/, lua.stdout);
+    // without credentials nothing at all
+    const anon = await dep.redis.anonymous(['PING']);
+    assert.match(anon.stdout, /NOAUTH/, anon.stdout);
+    assert.equal((await dep.redis.admin(['EXISTS', 'other:x', 'other:y'])).stdout.trim(), '0');
+    assert.equal((await dep.redis.admin(['ACL', 'LOG', 'RESET'])).stdout.trim(), 'OK');
+  });
+
+  it('a 50 MB PUBLISH on fanout:events is skipped and counted; no node loses its subscription', async () => {
+    const pubsubIds = async () => (await dep.redis.admin(['CLIENT', 'LIST', 'TYPE', 'pubsub'])).stdout
+      .split('\n').filter((l) => l.startsWith('id=')).map((l) => l.split(' ')[0]).sort();
+    const before = await pubsubIds();
+    assert.equal(before.length, 3, before.join());
+    const u = await newUser(dep.lb, 'big');
+    const s = await connect(dep.lb, { ...STICKY, auth: { token: u.token } });
+    await subscribe(s, 'deploy-big');
+    const got = collect(s, 'deploy-big');
+    const big = Buffer.from(JSON.stringify({ topic: 'deploy-big', data: 'x'.repeat(50 << 20) }));
+    const publishBig = async () => {
+      const r = await dep.redis.fanout(['PUBLISH', 'fanout:events'], { input: big, timeoutMs: 60_000 });
+      assert.equal(r.stdout.trim(), '3', `PUBLISH 50 MB: ${r.stdout}${r.stderr}`);
+    };
+    const sample = (text, name) => metricValue(text, name) ?? 0;
+    const tooLarge = 'fanout_messages_dropped_total{reason="too_large",transport="redis"}';
+
+    await publishBig();
+    await eventually('every node counted the oversize message', 20_000, async () => {
+      const texts = await Promise.all(dep.nodes.map((n) => metrics(n.url)));
+      return texts.every((t) => sample(t, tooLarge) === 1 &&
+        sample(t, 'fanout_adapter_oversize_messages_total{kind="channel"}') === 1);
+    });
+    for (const n of dep.nodes) {
+      const text = await metrics(n.url);
+      assert.equal(sample(text, 'fanout_adapter_reconnects_total'), 0, `${n.id} reconnected`);
+      assert.equal((await api(n.url, 'GET', '/readyz')).status, 200, `${n.id} /readyz`);
+    }
+    assert.deepEqual(await pubsubIds(), before, 'the subscriber connections were cut');
+    const small = await dep.redis.fanout(['PUBLISH', 'fanout:events', JSON.stringify({ topic: 'deploy-big', data: 'small' })]);
+    assert.equal(small.stdout.trim(), '3');
+    await waitUntil(() => got.length >= 1, 3000, 'the next event');
+    assert.deepEqual(got, ['small'], 'only the small message is delivered');
+
+    // Control: Redis's default pub/sub limit (32mb 8mb 60) cuts every subscriber on the same
+    // message — what deploy/redis/redis.conf prevents.
+    const limit = (await dep.redis.admin(['CONFIG', 'GET', 'client-output-buffer-limit'])).stdout;
+    assert.match(limit, /pubsub 268435456 134217728 60/, limit);
+    assert.equal((await dep.redis.admin(['CONFIG', 'SET', 'client-output-buffer-limit', 'pubsub 32mb 8mb 60'])).stdout.trim(), 'OK');
+    try {
+      await publishBig();
+      await eventually('the default limit cut the subscribers', 10_000, async () => {
+        const now = await pubsubIds();
+        return now.every((id) => !before.includes(id));
+      });
+    } finally {
+      await dep.redis.admin(['CONFIG', 'SET', 'client-output-buffer-limit', 'pubsub 256mb 128mb 60']);
+    }
+    // the nodes resubscribe by themselves; wait until the balancer has all three again
+    await eventually('3 resubscribed nodes, 3/3 servers UP', 20_000, async () => {
+      const ready = await Promise.all(dep.nodes.map((n) => api(n.url, 'GET', '/readyz')));
+      const st = await dep.status();
+      return ready.every((r) => r.status === 200) && (await pubsubIds()).length === 3 &&
+        /3\/3 servers UP/.test(st.stdout);
+    });
+    for (const n of dep.nodes) {
+      assert.ok(sample(await metrics(n.url), 'fanout_adapter_reconnects_total') >= 1, `${n.id} did not see the cut`);
+    }
+  });
+
+  it('a flood of garbage on fanout:events is counted in full and logged at most once a second', async () => {
+    const sample = 'fanout_bad_input_total{code="bad_request",origin="events"}';
+    const count = async (n) => metricValue(await metrics(n.url), sample) ?? 0;
+    const logLines = (n) => dep.logs(n.id).split('\n').filter((l) => l.includes('malformed message on the events channel')).length;
+    const before = await Promise.all(dep.nodes.map(async (n) => ({ count: await count(n), lines: logLines(n) })));
+    const started = Date.now();
+    const flood = await dep.redis.admin(['EVAL', "for i = 1, 200 do redis.call('PUBLISH', 'fanout:events', 'not json') end return 200", '0']);
+    assert.equal(flood.stdout.trim(), '200', flood.stdout + flood.stderr);
+    await eventually('200 malformed messages counted on every node', 10_000, async () => {
+      const now = await Promise.all(dep.nodes.map(count));
+      return now.every((c, i) => c - before[i].count === 200);
+    });
+    const seconds = Math.ceil((Date.now() - started) / 1000) + 1;
+    for (const [i, n] of dep.nodes.entries()) {
+      const logged = logLines(n) - before[i].lines;
+      assert.ok(logged >= 1 && logged <= seconds, `${n.id} logged ${logged} lines for 200 messages in ${seconds} s`);
+    }
+  });
+
+  it('the load balancer: no access_token in its log, no /metrics for clients', async () => {
+    const u = await newUser(dep.lb, 'lblog');
+    const marker = `/api/models/LogCheck?access_token=${u.token}`;
+    assert.equal((await api(dep.lb, 'GET', marker)).status, 200);
+    const s = await connect(dep.lb, { ...STICKY, transports: ['polling'], query: { access_token: u.token }, auth: { token: u.token } });
+    await emitAck(s, 'whoami');
+    s.close();
+    for (const path of ['/metrics', '/metrics?x=1', '/METRICS', '//metrics', '/%6Detrics', '/metrics/']) {
+      const r = await api(dep.lb, 'GET', path);
+      assert.ok([403, 404].includes(r.status), `${path} through the balancer: ${r.status}`);
+      assert.doesNotMatch(r.text, /fanout_build_info/, path);
+    }
+    for (const n of dep.nodes) {
+      assert.match(await metrics(n.url), /^fanout_build_info/m, `${n.id}: /metrics on the node itself`);
+    }
+    const log = await eventually('HAProxy logged the requests', 5000, async () => {
+      const text = dep.logs('haproxy');
+      return /"GET \/api\/models\/LogCheck HTTP\/1\.1"/.test(text) && /"GET \/socket\.io\/ HTTP\/1\.1" transport=polling/.test(text) && text;
+    });
+    assert.ok(!log.includes(u.token), 'the access token is in the HAProxy log');
+    assert.doesNotMatch(log, /access_token/);
+    assert.match(log, /"GET \/metrics HTTP\/1\.1"/, 'the denied /metrics requests are logged (without query)');
   });
 
   it('SIGTERM on one node: its clients reconnect through the balancer and keep receiving', async () => {
