@@ -183,6 +183,20 @@ impl Metrics {
         }
     }
 
+    /// A broadcast from another server skipped local sockets: `full` had no room in their
+    /// buffer, `closed` were closing. Counted in the node's `fanout_messages_dropped_total`
+    /// under `transport="socketio"` (the local share of a remote broadcast).
+    pub(crate) fn local_sockets_skipped(&self, full: u64, closed: u64) {
+        if let Some(counter) = &self.node_dropped {
+            counter
+                .with_label_values(&["socketio", "slow_consumer"])
+                .inc_by(full);
+            counter
+                .with_label_values(&["socketio", "closed"])
+                .inc_by(closed);
+        }
+    }
+
     /// An inbound message was over the size cap and skipped; count it and log (rate-limited).
     pub(crate) fn too_large(&self, kind: &'static str, channel: &str, len: usize, max: usize) {
         self.oversize.with_label_values(&[kind]).inc();

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use socketioxide_core::Sid;
+use socketioxide_core::adapter::errors::SocketError;
 use socketioxide_core::adapter::{BroadcastFlags, BroadcastOptions, Room, SocketEmitter};
 use socketioxide_core::packet::Packet;
 
@@ -102,6 +103,12 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
             }
         };
         if let Err(errs) = res {
+            let full = errs
+                .iter()
+                .filter(|e| matches!(e, SocketError::InternalChannelFull))
+                .count() as u64;
+            self.metrics()
+                .local_sockets_skipped(full, errs.len() as u64 - full);
             tracing::debug!(
                 count = errs.len(),
                 "remote broadcast: some local sockets failed: {errs:?}"
