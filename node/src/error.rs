@@ -35,6 +35,8 @@ pub enum Code {
     Unavailable,
     /// A bug or an unexpected backend answer; details are in the logs only.
     Internal,
+    /// The client's address holds as many connections as FANOUT_MAX_CONNECTIONS_PER_IP allows.
+    TooManyConnections,
 }
 
 impl Code {
@@ -52,6 +54,7 @@ impl Code {
             Code::UnknownMethod => "unknown_method",
             Code::Unavailable => "unavailable",
             Code::Internal => "internal",
+            Code::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -67,6 +70,7 @@ impl Code {
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
