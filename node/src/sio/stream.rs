@@ -97,9 +97,18 @@ pub async fn on_connect_middleware(socket: SocketRef<NodeAdapter>) -> Result<(),
     Ok(())
 }
 
-/// Connect handler: counts the socket.
-pub async fn on_connect(State(state): State<AppState>) {
+/// Connect handler: counts the socket and bounds how long it may stay without a term.
+pub async fn on_connect(socket: SocketRef<NodeAdapter>, State(state): State<AppState>) {
     state.metrics.socket_connected(NAMESPACE);
+    super::idle::bound(socket, state, NAMESPACE, |s| {
+        let filter = filter_of(s);
+        let has_term = filter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .term
+            .is_some();
+        has_term
+    });
 }
 
 async fn on_update_term(
