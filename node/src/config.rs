@@ -116,9 +116,9 @@ pub struct Config {
 
     // ---- Resource limits at the HTTP / transport level (see docs/OPERATIONS.md "Limits").
     /// Most TCP connections this node holds at once; further ones are closed at accept.
-    /// Default: 90 % of the process's soft open-file limit (RLIMIT_NOFILE), so the node
-    /// refuses connections before accept(2) starts failing with EMFILE and keeps descriptors
-    /// for Redis and its own files. 0 = no limit.
+    /// Default: 90 % of the open-file limit (RLIMIT_NOFILE, whose soft value the node raises
+    /// to the hard one at start), so the node refuses connections before accept(2) starts
+    /// failing with EMFILE and keeps descriptors for Redis and its own files. 0 = no limit.
     #[arg(long, env = "FANOUT_MAX_CONNECTIONS", default_value_t = default_max_connections())]
     pub max_connections: usize,
 
@@ -162,6 +162,24 @@ pub struct Config {
     /// after connecting; then it is closed (ms).
     #[arg(long, env = "FANOUT_ANONYMOUS_IDLE_MS", default_value_t = 300_000)]
     pub anonymous_idle_ms: u64,
+}
+
+/// Raises the soft open-file limit to the hard one, as servers commonly do at start (a
+/// distribution's soft default of 1024 would cap the node at 921 connections); returns the
+/// soft limit now in force (`None`: unlimited). Call before parsing the configuration: the
+/// default of FANOUT_MAX_CONNECTIONS derives from it.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        // Refused (e.g. a hard limit above the kernel's nr_open): keep the soft one.
+        setrlimit(Resource::Nofile, raised).ok();
+    }
+    getrlimit(Resource::Nofile).current
 }
 
 /// The default of FANOUT_MAX_CONNECTIONS: 90 % of the soft open-file limit (at least 64),

@@ -10,6 +10,10 @@
 //! away, and a stock client reconnects by itself, so an idle browser tab only gets a fresh
 //! socket. When it shares its connection with other namespaces (or runs on long-polling),
 //! only the namespace is disconnected.
+//!
+//! [`close_orphan_later`] serves the other server-side disconnects (namespace `/`'s
+//! authentication timeout): a namespace DISCONNECT leaves the Engine.IO session open, and a
+//! client that is not a stock one keeps it — with whatever partial packet it parked.
 
 use std::time::Duration;
 
@@ -32,6 +36,31 @@ pub fn bound(
         tokio::time::sleep(timeout).await;
         if socket.connected() && !engaged(&socket) {
             close(&socket, &state, namespace);
+        }
+    });
+}
+
+/// How long a disconnected socket's last packets get to reach its client before
+/// [`close_orphan_later`] closes the connection.
+const FLUSH_GRACE: Duration = Duration::from_secs(1);
+
+/// After `socket` was disconnected from its namespace by the server: once the last packets
+/// had time to go out, closes its WebSocket connection if no namespace uses it any more
+/// (a stock client has closed it by then; anything else has no business keeping it).
+pub fn close_orphan_later(socket: &SocketRef<NodeAdapter>, state: &AppState) {
+    let Some(conn) = websocket_conn(socket) else {
+        return;
+    };
+    let (sid, state) = (socket.id, state.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(FLUSH_GRACE).await;
+        let in_use = state.delivery.io().is_none_or(|io| {
+            [pubsub::NAMESPACE, chat::NAMESPACE, stream::NAMESPACE]
+                .into_iter()
+                .any(|ns| io.of(ns).and_then(|op| op.get_socket(sid)).is_some())
+        });
+        if !in_use {
+            conn.close();
         }
     });
 }

@@ -166,6 +166,7 @@ pub async fn on_connect(socket: SocketRef<NodeAdapter>, State(state): State<AppS
                         &json!({ "message": "authentication timeout" }),
                     )
                     .ok();
+                super::idle::close_orphan_later(&socket, &state);
                 socket.disconnect().ok();
             }
         }

@@ -136,8 +136,10 @@ function rawSio(node, ns) {
       if (isBinary) return;
       const text = data.toString();
       if (text === '2') ws.send('3');
-      if (text.startsWith('0{')) ws.send(`40${ns},`);
-      if (text.startsWith(`40${ns},`)) {
+      // Namespace `/` is addressed without a prefix: CONNECT `40`, reply `40{"sid":…}`.
+      const prefix = ns ? `40${ns},` : '40';
+      if (text.startsWith('0{')) ws.send(prefix);
+      if (text.startsWith(ns ? prefix : '40{')) {
         clearTimeout(timer);
         resolve(ws);
       }
@@ -400,6 +402,15 @@ describe('limits', () => {
       ws.send('452-/chat,["msg",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]');
       ws.send(Buffer.alloc(500_000, 1));
       assert.ok(await wsClosed(ws, 5000), 'closed by the anonymous bound');
+    });
+
+    it('an unauthenticated / socket parking a partial packet loses its connection at the auth timeout', async () => {
+      node = await h.startNode({ env: { FANOUT_AUTH_TIMEOUT_MS: '1000' } });
+      const ws = await rawSio(node, '');
+      ws.send('452-["publish",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]');
+      ws.send(Buffer.alloc(500_000, 1));
+      // The namespace DISCONNECT alone would leave the Engine.IO session (and the 500 KB) open.
+      assert.ok(await wsClosed(ws, 5000), 'connection closed after the auth timeout');
     });
 
     it('a /stream socket without a term is closed; one with a term stays', async () => {
