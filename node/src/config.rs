@@ -149,6 +149,12 @@ pub struct Config {
     #[arg(long, env = "FANOUT_HTTP_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub http_idle_timeout_ms: u64,
 
+    /// Time a request may take, body included, until its response starts; then it gets 408
+    /// and its connection is closed (ms). Must exceed the ping interval: a long-polling GET
+    /// waits that long for a ping.
+    #[arg(long, env = "FANOUT_HTTP_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
+    pub http_request_timeout_ms: u64,
+
     /// Most binary attachments one Socket.IO packet may announce; more closes the connection.
     /// Their total size is bounded by FANOUT_MAX_PAYLOAD.
     #[arg(long, env = "FANOUT_MAX_ATTACHMENTS", default_value_t = 64)]
@@ -285,6 +291,13 @@ impl Config {
             return Err(ConfigError(
                 "FANOUT_HTTP_HEADER_TIMEOUT_MS, FANOUT_HTTP_IDLE_TIMEOUT_MS and \
                  FANOUT_ANONYMOUS_IDLE_MS must be positive"
+                    .into(),
+            ));
+        }
+        if self.http_request_timeout_ms <= self.ping_interval_ms {
+            return Err(ConfigError(
+                "FANOUT_HTTP_REQUEST_TIMEOUT_MS must exceed FANOUT_PING_INTERVAL_MS (a \
+                 long-polling GET waits that long)"
                     .into(),
             ));
         }

@@ -22,7 +22,8 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`io`]: the Socket.IO server types.
 //! - [`listener`]: the TCP listener: connection limits, transport-level close, drain.
-//! - [`server`]: the HTTP server loop: header and idle timeouts, upgrades, graceful stop.
+//! - [`server`]: the HTTP server loop: header, idle and request timeouts, upgrades, graceful
+//!   stop.
 //! - [`peer`]: client addresses behind trusted proxies; per-address connection counts.
 //! - [`shutdown`]: the signals that start a graceful drain.
 //!
@@ -274,6 +275,7 @@ pub async fn serve(
     let timeouts = HttpTimeouts {
         header: cfg.http_header_timeout(),
         idle: cfg.http_idle_timeout(),
+        request: Duration::from_millis(cfg.http_request_timeout_ms),
     };
     let server = server::run(
         listener,

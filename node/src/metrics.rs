@@ -116,6 +116,8 @@ pub enum HttpClose {
     HeaderTimeout,
     /// Nothing in flight and nothing moving for FANOUT_HTTP_IDLE_TIMEOUT_MS.
     Idle,
+    /// A request not answered within FANOUT_HTTP_REQUEST_TIMEOUT_MS (408).
+    RequestTimeout,
 }
 
 impl HttpClose {
@@ -124,6 +126,7 @@ impl HttpClose {
         match self {
             HttpClose::HeaderTimeout => "header_timeout",
             HttpClose::Idle => "idle",
+            HttpClose::RequestTimeout => "request_timeout",
         }
     }
 }
@@ -325,7 +328,8 @@ impl Metrics {
             http_closed: counter_vec(
                 &registry,
                 "fanout_http_connections_closed_total",
-                "HTTP connections closed by the server for a timeout (header_timeout, idle)",
+                "HTTP connections closed by the server for a timeout (header_timeout, idle, \
+                 request_timeout)",
                 &["reason"],
             ),
             idle_closed: counter_vec(

@@ -6,6 +6,9 @@
 //!   for a head);
 //! - a connection with no request in flight, no upgrade and no byte moving for
 //!   `FANOUT_HTTP_IDLE_TIMEOUT_MS` is closed (e.g. a response its client stopped reading);
+//! - a request whose handler (body included: extractors read it) has not answered within
+//!   `FANOUT_HTTP_REQUEST_TIMEOUT_MS` gets 408 and its connection is closed — a body
+//!   trickled in a byte at a time is never idle, but it is late;
 //! - upgrades (WebSocket, Socket.IO) are handed over by hyper and leave this loop: their
 //!   liveness is the transports' business (pings), their close the [`ConnHandle`]'s;
 //! - every request gets the connection's [`TrackedAddr`] as [`ConnectInfo`];
@@ -20,7 +23,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{Request, Response};
+use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
@@ -28,6 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::error::AppError;
 use crate::listener::{ConnHandle, TrackedAddr, TrackedListener, TrackedStream};
 use crate::metrics::{HttpClose, Metrics};
 
@@ -38,6 +43,8 @@ pub struct HttpTimeouts {
     pub header: Duration,
     /// Time a connection may stay idle.
     pub idle: Duration,
+    /// Time a request may take to be answered.
+    pub request: Duration,
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting, lets every
@@ -88,6 +95,8 @@ impl Connection {
         let service = ConnService {
             router: self.router,
             addr,
+            deadline: self.timeouts.request,
+            metrics: self.metrics.clone(),
         };
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -171,6 +180,19 @@ impl IdleWatch {
 struct ConnService {
     router: Router,
     addr: TrackedAddr,
+    deadline: Duration,
+    metrics: Metrics,
+}
+
+/// 408 with the usual error body; `Connection: close`, since the request (its body) was not
+/// read to its end.
+fn request_timeout() -> Response<Body> {
+    let err = AppError::bad_request("request not complete in time");
+    let mut response = (StatusCode::REQUEST_TIMEOUT, axum::Json(err.body())).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -185,10 +207,17 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let mut req = req.map(Body::new);
         req.extensions_mut().insert(ConnectInfo(self.addr.clone()));
         let router = self.router.clone();
+        let (deadline, metrics) = (self.deadline, self.metrics.clone());
         Box::pin(async move {
-            let response = router.oneshot(req).await;
+            let response = tokio::time::timeout(deadline, router.oneshot(req)).await;
             drop(in_flight);
-            response
+            match response {
+                Ok(response) => response,
+                Err(_) => {
+                    metrics.http_connection_closed(HttpClose::RequestTimeout);
+                    Ok(request_timeout())
+                }
+            }
         })
     }
 }
