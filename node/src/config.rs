@@ -130,13 +130,8 @@ pub struct Config {
 
     /// Proxies whose `X-Forwarded-For` is believed, comma separated (CIDR or plain address,
     /// e.g. `10.0.0.0/8,127.0.0.1`). Empty: the header is ignored.
-    #[arg(
-        long,
-        env = "FANOUT_TRUSTED_PROXIES",
-        value_delimiter = ',',
-        value_parser = parse_net
-    )]
-    pub trusted_proxies: Vec<IpNet>,
+    #[arg(long, env = "FANOUT_TRUSTED_PROXIES", default_value = "", value_parser = parse_nets)]
+    pub trusted_proxies: NetList,
 
     /// Time a client has to send a complete request head, on a new connection and between
     /// two requests of a kept-alive one; then the connection is closed (ms).
@@ -201,9 +196,22 @@ fn default_max_connections() -> usize {
     }
 }
 
+/// A list of networks (FANOUT_TRUSTED_PROXIES); empty when none is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetList(pub Vec<IpNet>);
+
+/// Comma-separated networks; blank items (and an empty variable) are skipped.
+fn parse_nets(text: &str) -> Result<NetList, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(parse_net)
+        .collect::<Result<_, _>>()
+        .map(NetList)
+}
+
 /// A network (`10.0.0.0/8`) or a single address (`127.0.0.1`, `::1`).
 fn parse_net(text: &str) -> Result<IpNet, String> {
-    let text = text.trim();
     if let Ok(net) = text.parse::<IpNet>() {
         return Ok(net.trunc());
     }

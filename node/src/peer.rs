@@ -31,7 +31,7 @@ impl ClientLimits {
     pub fn from_config(cfg: &crate::config::Config) -> Self {
         Self {
             per_ip: IpLimiter::new(cfg.max_connections_per_ip),
-            proxies: TrustedProxies::new(cfg.trusted_proxies.clone()),
+            proxies: TrustedProxies::new(cfg.trusted_proxies.0.clone()),
         }
     }
 }
