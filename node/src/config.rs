@@ -1,10 +1,11 @@
 //! Node configuration: every setting is a command-line flag and a `FANOUT_*` environment
 //! variable (clap), documented in `--help`. [`Config::validate`] checks what clap cannot.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use ipnet::IpNet;
 
 use crate::auth::acl::ModelAcl;
 use crate::auth::hashing::HashSettings;
@@ -154,10 +155,6 @@ pub struct Config {
     )]
     pub cors_origins: Vec<String>,
 
-    /// Most TCP connections this node holds at once; further ones are closed at accept. 0 = no limit.
-    #[arg(long, env = "FANOUT_MAX_CONNECTIONS", default_value_t = 0)]
-    pub max_connections: usize,
-
     /// Connections closed per batch while draining on SIGTERM/SIGINT.
     #[arg(long, env = "FANOUT_DRAIN_BATCH", default_value_t = 500)]
     pub drain_batch: usize,
@@ -210,6 +207,111 @@ pub struct Config {
     /// Seats in a `/chat` room.
     #[arg(long, env = "FANOUT_CHAT_ROOM_CAPACITY", default_value_t = 2)]
     pub chat_room_capacity: u32,
+
+    // ---- Resource limits at the HTTP / transport level (see docs/OPERATIONS.md "Limits").
+    /// Most TCP connections this node holds at once; further ones are closed at accept.
+    /// Default: 90 % of the open-file limit (RLIMIT_NOFILE, whose soft value the node raises
+    /// to the hard one at start), so the node refuses connections before accept(2) starts
+    /// failing with EMFILE and keeps descriptors for Redis and its own files. 0 = no limit.
+    #[arg(long, env = "FANOUT_MAX_CONNECTIONS", default_value_t = default_max_connections())]
+    pub max_connections: usize,
+
+    /// Most TCP connections from one client address (IPv6: one /64). Behind a trusted proxy
+    /// (FANOUT_TRUSTED_PROXIES) the address comes from `X-Forwarded-For` and the cap applies
+    /// to WebSocket upgrades instead (refused with 429). 0 = off.
+    #[arg(long, env = "FANOUT_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Proxies whose `X-Forwarded-For` is believed, comma separated (CIDR or plain address,
+    /// e.g. `10.0.0.0/8,127.0.0.1`). Empty: the header is ignored.
+    #[arg(long, env = "FANOUT_TRUSTED_PROXIES", default_value = "", value_parser = parse_nets)]
+    pub trusted_proxies: NetList,
+
+    /// Time a client has to send a complete request head, on a new connection and between
+    /// two requests of a kept-alive one; then the connection is closed (ms).
+    #[arg(long, env = "FANOUT_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+
+    /// A connection with no request in flight (a long-polling GET is one), no WebSocket
+    /// upgrade and no byte moving for this long is closed (ms): e.g. a client that stopped
+    /// reading its responses.
+    #[arg(long, env = "FANOUT_HTTP_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub http_idle_timeout_ms: u64,
+
+    /// Time a request may take, body included, until its response starts; then it gets 408
+    /// and its connection is closed (ms). Must exceed the ping interval: a long-polling GET
+    /// waits that long for a ping.
+    #[arg(long, env = "FANOUT_HTTP_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
+    pub http_request_timeout_ms: u64,
+
+    /// Most binary attachments one Socket.IO packet may announce; more closes the connection.
+    /// Their total size is bounded by FANOUT_MAX_PAYLOAD.
+    #[arg(long, env = "FANOUT_MAX_ATTACHMENTS", default_value_t = 64)]
+    pub max_attachments: usize,
+
+    /// Time the attachments of one Socket.IO packet have to arrive, from its first frame (ms).
+    #[arg(long, env = "FANOUT_ATTACHMENT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub attachment_timeout_ms: u64,
+
+    /// Time a `/chat` socket has to log in to a room, and a `/stream` socket to set a term,
+    /// after connecting; then it is closed (ms).
+    #[arg(long, env = "FANOUT_ANONYMOUS_IDLE_MS", default_value_t = 300_000)]
+    pub anonymous_idle_ms: u64,
+}
+
+/// Raises the soft open-file limit to the hard one, as servers commonly do at start (a
+/// distribution's soft default of 1024 would cap the node at 921 connections); returns the
+/// soft limit now in force (`None`: unlimited). Call before parsing the configuration: the
+/// default of FANOUT_MAX_CONNECTIONS derives from it.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        // Refused (e.g. a hard limit above the kernel's nr_open): keep the soft one.
+        setrlimit(Resource::Nofile, raised).ok();
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+/// The default of FANOUT_MAX_CONNECTIONS: 90 % of the soft open-file limit (at least 64),
+/// 1,000,000 when there is no limit.
+fn default_max_connections() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    match soft {
+        Some(limit) => {
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            (limit / 10 * 9).max(64)
+        }
+        None => 1_000_000,
+    }
+}
+
+/// A list of networks (FANOUT_TRUSTED_PROXIES); empty when none is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetList(pub Vec<IpNet>);
+
+/// Comma-separated networks; blank items (and an empty variable) are skipped.
+fn parse_nets(text: &str) -> Result<NetList, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(parse_net)
+        .collect::<Result<_, _>>()
+        .map(NetList)
+}
+
+/// A network (`10.0.0.0/8`) or a single address (`127.0.0.1`, `::1`).
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{text:?} is neither an address nor a CIDR network"))
 }
 
 /// A configuration that clap accepted but that cannot work.
@@ -298,6 +400,7 @@ impl Config {
                 "FANOUT_CHAT_ROOM_CAPACITY must be positive".into(),
             ));
         }
+        self.validate_limits()?;
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
@@ -306,6 +409,43 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Checks the resource-limit settings.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        if self.http_header_timeout_ms == 0
+            || self.http_idle_timeout_ms == 0
+            || self.anonymous_idle_ms == 0
+        {
+            return Err(ConfigError(
+                "FANOUT_HTTP_HEADER_TIMEOUT_MS, FANOUT_HTTP_IDLE_TIMEOUT_MS and \
+                 FANOUT_ANONYMOUS_IDLE_MS must be positive"
+                    .into(),
+            ));
+        }
+        if self.http_request_timeout_ms <= self.ping_interval_ms {
+            return Err(ConfigError(
+                "FANOUT_HTTP_REQUEST_TIMEOUT_MS must exceed FANOUT_PING_INTERVAL_MS (a \
+                 long-polling GET waits that long)"
+                    .into(),
+            ));
+        }
+        if self.max_attachments == 0 || self.attachment_timeout_ms == 0 {
+            return Err(ConfigError(
+                "FANOUT_MAX_ATTACHMENTS and FANOUT_ATTACHMENT_TIMEOUT_MS must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// HTTP header read timeout as a duration.
+    pub fn http_header_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_header_timeout_ms)
+    }
+
+    /// HTTP idle timeout as a duration.
+    pub fn http_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_idle_timeout_ms)
     }
 
     /// The node id: configured, or hostname plus a random suffix.

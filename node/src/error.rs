@@ -40,6 +40,8 @@ pub enum Code {
     RateLimited,
     /// A count limit of the model store was reached (records per user, models).
     QuotaExceeded,
+    /// The client's address holds as many connections as FANOUT_MAX_CONNECTIONS_PER_IP allows.
+    TooManyConnections,
 }
 
 impl Code {
@@ -59,6 +61,7 @@ impl Code {
             Code::Internal => "internal",
             Code::RateLimited => "rate_limited",
             Code::QuotaExceeded => "quota_exceeded",
+            Code::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -76,6 +79,7 @@ impl Code {
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::QuotaExceeded => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }

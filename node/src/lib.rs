@@ -21,7 +21,10 @@
 //! - [`http`]: REST API and operations routes.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`io`]: the Socket.IO server types.
-//! - [`listener`]: the TCP listener: connection limit, transport-level close, drain.
+//! - [`listener`]: the TCP listener: connection limits, transport-level close, drain.
+//! - [`server`]: the HTTP server loop: header, idle and request timeouts, upgrades, graceful
+//!   stop.
+//! - [`peer`]: client addresses behind trusted proxies; per-address connection counts.
 //! - [`shutdown`]: the signals that start a graceful drain.
 //!
 //! A publish, followed end to end: a Socket.IO `publish` event →
@@ -48,7 +51,9 @@ pub mod io;
 pub mod listener;
 pub mod methods;
 pub mod metrics;
+pub mod peer;
 pub mod request;
+pub mod server;
 pub mod shutdown;
 pub mod sio;
 pub mod state;
@@ -56,11 +61,11 @@ pub mod store;
 pub mod topics;
 pub mod ws;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socketioxide::SocketIo;
+use socketioxide::{ParserConfig, SocketIo};
 use tokio::net::TcpListener;
 
 use fanout_adapter::{FanoutAdapterCtr, RedisAdapterConfig};
@@ -69,9 +74,11 @@ use crate::bus::{AdapterBus, Bus};
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::delivery::outbound::Budget;
-use crate::listener::{ConnTracker, TrackedAddr, TrackedListener};
+use crate::listener::{AcceptLimits, ConnTracker, TrackedListener};
 use crate::methods::MethodRegistry;
 use crate::metrics::Metrics;
+use crate::peer::ClientLimits;
+use crate::server::HttpTimeouts;
 use crate::state::{AppState, Readiness, StateParts, Stores};
 use crate::store::cache::CachedTokenStore;
 use crate::store::keys;
@@ -103,6 +110,8 @@ pub struct Node {
     pub state: AppState,
     /// The whole HTTP application (REST + Socket.IO).
     pub router: axum::Router,
+    /// Per-client connection limits, shared by the listener and the upgrade check.
+    pub client_limits: ClientLimits,
 }
 
 /// Builds a node from its configuration and method registry (no listener yet).
@@ -165,6 +174,14 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         .max_buffer_size(cfg.client_queue_messages)
         .ws_max_message_size(cfg.max_payload)
         .ws_max_frame_size(cfg.max_payload)
+        // A binary packet is buffered until its last attachment: bound its count, its total
+        // size (one payload) and the time the rest may take.
+        .with_parser(
+            ParserConfig::common()
+                .max_incoming_binaries(cfg.max_attachments)
+                .max_incoming_binary_buf_size(cfg.max_payload)
+                .packet_completion_timeout(Duration::from_millis(cfg.attachment_timeout_ms)),
+        )
         .with_state(state.clone())
         .with_adapter::<io::NodeAdapter>(adapter.clone())
         .build_layer();
@@ -195,9 +212,14 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         .await?;
     tokio::spawn(sio::stream::run_listener(state.clone(), items));
 
+    let client_limits = ClientLimits::from_config(&cfg);
     let router = http::router(state.clone()).layer(sio_layer);
-    let router = http::outer_layers(router, &state);
-    Ok(Node { state, router })
+    let router = http::outer_layers(router, &state, &client_limits);
+    Ok(Node {
+        state,
+        router,
+        client_limits,
+    })
 }
 
 /// The adapter for the configured mode. In cluster mode the first connection to Redis is
@@ -240,27 +262,41 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let Node { state, router } = node;
+    let Node {
+        state,
+        router,
+        client_limits,
+    } = node;
     let cfg = &state.cfg;
     let tracker = Arc::new(ConnTracker::default());
-    let listener = TrackedListener::new(
-        listener,
-        tracker.clone(),
-        state.metrics.clone(),
-        cfg.max_connections,
-    );
+    let limits = AcceptLimits {
+        max_connections: cfg.max_connections,
+        per_ip: client_limits.per_ip,
+        proxies: client_limits.proxies,
+    };
+    let listener = TrackedListener::new(listener, tracker.clone(), state.metrics.clone(), limits);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let app = router.into_make_service_with_connect_info::<TrackedAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        stop_rx.await.ok();
-    });
-    let mut server = tokio::spawn(server.into_future());
+    let timeouts = HttpTimeouts {
+        header: cfg.http_header_timeout(),
+        idle: cfg.http_idle_timeout(),
+        request: Duration::from_millis(cfg.http_request_timeout_ms),
+    };
+    let server = server::run(
+        listener,
+        router,
+        timeouts,
+        state.metrics.clone(),
+        async move {
+            stop_rx.await.ok();
+        },
+    );
+    let mut server = tokio::spawn(server);
 
     tokio::select! {
         _ = shutdown => {}
         result = &mut server => {
             return match result {
-                Ok(result) => result.map_err(StartError::from),
+                Ok(()) => Ok(()),
                 Err(err) => Err(StartError::Backend(format!("server task: {err}"))),
             };
         }
@@ -293,7 +329,7 @@ pub async fn serve(
     }
     stop_tx.send(()).ok();
     match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(result)) => result?,
+        Ok(Ok(())) => {}
         Ok(Err(err)) => return Err(StartError::Backend(format!("server task: {err}"))),
         Err(_) => tracing::warn!("HTTP server did not stop within 5 s"),
     }

@@ -1,5 +1,6 @@
 //! The node's TCP listener. [`TrackedListener`] wraps the TCP listener: it enforces
-//! `FANOUT_MAX_CONNECTIONS` and registers every connection in a [`ConnTracker`]. Each
+//! `FANOUT_MAX_CONNECTIONS` and, for peers that are not trusted proxies,
+//! `FANOUT_MAX_CONNECTIONS_PER_IP`, and registers every connection in a [`ConnTracker`]. Each
 //! connection gets a [`ConnHandle`], handed to every HTTP request as connect info
 //! ([`TrackedAddr`]): it counts the bytes written to the connection and closes it at the
 //! *transport* level (reads report end-of-file, writes fail, a write stuck on a full TCP
@@ -7,24 +8,25 @@
 //! ([`ConnTracker::drain`]), dropping a slow consumer, and kicking a revoked session whose
 //! queue cannot take a polite close. Stock Socket.IO clients see a transport close and
 //! reconnect — through the load balancer, possibly to another node; a Socket.IO DISCONNECT
-//! packet would stop them from reconnecting.
+//! packet would stop them from reconnecting. The handle also tells [`crate::server`] whether
+//! the connection is idle: requests in flight and bytes moved.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal};
+use crate::peer::{IpLimiter, IpSlot, TrustedProxies};
 
 /// One TCP connection, shared by the listener and whoever may need to close it.
 #[derive(Debug, Clone)]
@@ -34,7 +36,12 @@ pub struct ConnHandle(Arc<ConnShared>);
 struct ConnShared {
     close: CancellationToken,
     written: AtomicU64,
+    read: AtomicU64,
+    requests: AtomicU64,
+    in_flight: AtomicUsize,
     gone: AtomicBool,
+    /// The per-client-address slot this connection holds, released when it closes.
+    ip_slot: Mutex<Option<IpSlot>>,
 }
 
 impl ConnHandle {
@@ -42,8 +49,51 @@ impl ConnHandle {
         Self(Arc::new(ConnShared {
             close: CancellationToken::new(),
             written: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
             gone: AtomicBool::new(false),
+            ip_slot: Mutex::new(None),
         }))
+    }
+
+    fn ip_slot(&self) -> MutexGuard<'_, Option<IpSlot>> {
+        self.0
+            .ip_slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes the connection hold `slot` until it closes.
+    pub fn hold_ip_slot(&self, slot: IpSlot) {
+        *self.ip_slot() = Some(slot);
+    }
+
+    /// True when the connection holds a per-client-address slot.
+    pub fn holds_ip_slot(&self) -> bool {
+        self.ip_slot().is_some()
+    }
+
+    /// Marks a request in flight until the returned guard is dropped.
+    pub(crate) fn request_started(&self) -> InFlight {
+        self.0.requests.fetch_add(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// True while a request is in flight.
+    pub(crate) fn busy(&self) -> bool {
+        self.0.in_flight.load(Ordering::Relaxed) > 0
+    }
+
+    /// A number that changes whenever the connection makes progress: bytes read or written,
+    /// requests started.
+    pub(crate) fn progress(&self) -> u64 {
+        self.0
+            .written
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.0.read.load(Ordering::Relaxed))
+            .wrapping_add(self.0.requests.load(Ordering::Relaxed))
     }
 
     /// Closes the connection at the transport level (idempotent).
@@ -67,6 +117,15 @@ impl ConnHandle {
     }
 }
 
+/// A request in flight on a connection (see [`ConnHandle::request_started`]).
+pub(crate) struct InFlight(ConnHandle);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The connect info of every request: the peer address and the connection's handle.
 #[derive(Debug, Clone)]
 pub struct TrackedAddr {
@@ -74,12 +133,6 @@ pub struct TrackedAddr {
     pub peer: SocketAddr,
     /// The TCP connection the request came on.
     pub conn: ConnHandle,
-}
-
-impl Connected<IncomingStream<'_, TrackedListener>> for TrackedAddr {
-    fn connect_info(stream: IncomingStream<'_, TrackedListener>) -> Self {
-        stream.remote_addr().clone()
-    }
 }
 
 /// Open connections.
@@ -142,36 +195,74 @@ impl ConnTracker {
     }
 }
 
+/// The limits a [`TrackedListener`] applies at accept.
+pub struct AcceptLimits {
+    /// Most open connections; 0 = no limit.
+    pub max_connections: usize,
+    /// Connections per client address (not applied to trusted proxies).
+    pub per_ip: Arc<IpLimiter>,
+    /// Peers whose connections carry many clients.
+    pub proxies: TrustedProxies,
+}
+
 /// A TCP listener that tracks and limits connections.
 pub struct TrackedListener {
     inner: TcpListener,
     tracker: Arc<ConnTracker>,
     metrics: Metrics,
-    max_connections: usize,
+    limits: AcceptLimits,
+    /// Refusals are client-triggered: at most one warning a second.
+    refusal_logs: DefaultDirectRateLimiter,
 }
 
 impl TrackedListener {
-    /// Wraps `inner`; `max_connections` 0 means no limit.
+    /// Wraps `inner`.
     pub fn new(
         inner: TcpListener,
         tracker: Arc<ConnTracker>,
         metrics: Metrics,
-        max_connections: usize,
+        limits: AcceptLimits,
     ) -> Self {
         Self {
             inner,
             tracker,
             metrics,
-            max_connections,
+            limits,
+            refusal_logs: RateLimiter::direct(Quota::per_second(std::num::NonZeroU32::MIN)),
+        }
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn refuse(&self, peer: SocketAddr, refusal: Refusal) {
+        self.metrics.connection_refused(refusal);
+        if self.refusal_logs.check().is_ok() {
+            tracing::warn!(%peer, reason = refusal.as_str(), "connection refused (logged at most once a second)");
+        }
+    }
+
+    /// Admits `peer` or says why not; an admitted peer may hold a per-address slot.
+    fn admit(&self, peer: SocketAddr) -> Result<Option<IpSlot>, Refusal> {
+        let max = self.limits.max_connections;
+        if max > 0 && self.tracker.len() >= max {
+            return Err(Refusal::MaxConnections);
+        }
+        if !self.limits.per_ip.enabled() || self.limits.proxies.contains(peer.ip()) {
+            return Ok(None);
+        }
+        match self.limits.per_ip.try_acquire(peer.ip()) {
+            Some(slot) => Ok(Some(slot)),
+            None => Err(Refusal::PerIp),
         }
     }
 }
 
-impl axum::serve::Listener for TrackedListener {
-    type Io = TrackedStream;
-    type Addr = TrackedAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+impl TrackedListener {
+    /// Waits for the next connection within the limits; refused ones are closed and counted.
+    pub async fn accept(&mut self) -> (TrackedStream, TrackedAddr) {
         loop {
             let (stream, peer) = match self.inner.accept().await {
                 Ok(accepted) => accepted,
@@ -182,14 +273,19 @@ impl axum::serve::Listener for TrackedListener {
                     continue;
                 }
             };
-            if self.max_connections > 0 && self.tracker.len() >= self.max_connections {
-                self.metrics.tcp_rejected();
-                tracing::warn!(%peer, limit = self.max_connections, "connection limit reached");
-                drop(stream);
-                continue;
-            }
+            let slot = match self.admit(peer) {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    self.refuse(peer, refusal);
+                    drop(stream);
+                    continue;
+                }
+            };
             stream.set_nodelay(true).ok();
             let (id, conn) = self.tracker.add();
+            if let Some(slot) = slot {
+                conn.hold_ip_slot(slot);
+            }
             self.metrics.tcp_connection(true);
             let stream = TrackedStream {
                 inner: stream,
@@ -198,6 +294,7 @@ impl axum::serve::Listener for TrackedListener {
                 conn: conn.clone(),
                 _guard: Guard {
                     id,
+                    conn: conn.clone(),
                     tracker: self.tracker.clone(),
                     metrics: self.metrics.clone(),
                 },
@@ -205,23 +302,19 @@ impl axum::serve::Listener for TrackedListener {
             return (stream, TrackedAddr { peer, conn });
         }
     }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(TrackedAddr {
-            peer: self.inner.local_addr()?,
-            conn: ConnHandle::new(),
-        })
-    }
 }
 
 struct Guard {
     id: u64,
+    conn: ConnHandle,
     tracker: Arc<ConnTracker>,
     metrics: Metrics,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // Other clones of the handle may outlive the connection; its slot must not.
+        self.conn.ip_slot().take();
         self.tracker.remove(self.id);
         self.metrics.tcp_connection(false);
     }
@@ -261,7 +354,13 @@ impl AsyncRead for TrackedStream {
         if self.check_closed(cx) {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.conn.0.read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        read
     }
 }
 

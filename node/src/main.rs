@@ -40,6 +40,7 @@ fn redact(url: &str) -> String {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let open_files = fanout_node::config::raise_open_file_limit();
     let cfg = Config::parse();
     init_tracing(&cfg);
     if let Err(err) = cfg.validate() {
@@ -58,6 +59,7 @@ async fn main() -> std::process::ExitCode {
         ping_interval_ms = cfg.ping_interval_ms,
         ping_timeout_ms = cfg.ping_timeout_ms,
         max_connections = cfg.max_connections,
+        open_file_limit = ?open_files,
         cors = ?cfg.cors_origins,
         "starting fanout-node"
     );

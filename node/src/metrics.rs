@@ -87,6 +87,50 @@ impl DropReason {
     }
 }
 
+/// Why a connection was refused (metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// FANOUT_MAX_CONNECTIONS reached, at accept.
+    MaxConnections,
+    /// FANOUT_MAX_CONNECTIONS_PER_IP reached by the TCP peer, at accept.
+    PerIp,
+    /// FANOUT_MAX_CONNECTIONS_PER_IP reached by a client behind a trusted proxy, at upgrade.
+    PerIpForwarded,
+}
+
+impl Refusal {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::PerIp => "per_ip",
+            Refusal::PerIpForwarded => "per_ip_forwarded",
+        }
+    }
+}
+
+/// Why the server closed an HTTP connection (metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpClose {
+    /// The request head did not arrive within FANOUT_HTTP_HEADER_TIMEOUT_MS.
+    HeaderTimeout,
+    /// Nothing in flight and nothing moving for FANOUT_HTTP_IDLE_TIMEOUT_MS.
+    Idle,
+    /// A request not answered within FANOUT_HTTP_REQUEST_TIMEOUT_MS (408).
+    RequestTimeout,
+}
+
+impl HttpClose {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpClose::HeaderTimeout => "header_timeout",
+            HttpClose::Idle => "idle",
+            HttpClose::RequestTimeout => "request_timeout",
+        }
+    }
+}
+
 type DropLogLimiter = governor::DefaultKeyedRateLimiter<(DropTransport, DropReason)>;
 
 /// All node metrics.
@@ -108,7 +152,9 @@ pub struct Metrics {
     redis_command_duration: HistogramVec,
     redis_errors: IntCounterVec,
     tcp_connections: IntGauge,
-    tcp_rejected: IntCounter,
+    tcp_rejected: IntCounterVec,
+    http_closed: IntCounterVec,
+    idle_closed: IntCounterVec,
     http_requests: IntCounterVec,
     credentials_throttled: IntCounterVec,
     password_hash_jobs: IntGauge,
@@ -200,15 +246,12 @@ impl Metrics {
         let tcp_connections = IntGauge::new("fanout_tcp_connections", "Open TCP connections")
             .unwrap_or_else(|err| panic!("metric fanout_tcp_connections: {err}"));
         let tcp_connections = register(&registry, "fanout_tcp_connections", tcp_connections);
-        let tcp_rejected = IntCounter::new(
-            "fanout_tcp_connections_rejected_total",
-            "TCP connections closed at accept because FANOUT_MAX_CONNECTIONS was reached",
-        )
-        .unwrap_or_else(|err| panic!("metric fanout_tcp_connections_rejected_total: {err}"));
-        let tcp_rejected = register(
+        let tcp_rejected = counter_vec(
             &registry,
             "fanout_tcp_connections_rejected_total",
-            tcp_rejected,
+            "Connections refused by a connection limit: closed at accept (max_connections, \
+             per_ip) or a WebSocket upgrade answered 429 (per_ip_forwarded)",
+            &["reason"],
         );
         let password_hash_jobs = IntGauge::new(
             "fanout_password_hash_jobs",
@@ -292,6 +335,19 @@ impl Metrics {
             ),
             tcp_connections,
             tcp_rejected,
+            http_closed: counter_vec(
+                &registry,
+                "fanout_http_connections_closed_total",
+                "HTTP connections closed by the server for a timeout (header_timeout, idle, \
+                 request_timeout)",
+                &["reason"],
+            ),
+            idle_closed: counter_vec(
+                &registry,
+                "fanout_sockets_idle_closed_total",
+                "Anonymous /chat and /stream sockets closed by FANOUT_ANONYMOUS_IDLE_MS",
+                &["namespace"],
+            ),
             http_requests: counter_vec(
                 &registry,
                 "fanout_http_requests_total",
@@ -425,9 +481,21 @@ impl Metrics {
         }
     }
 
-    /// A TCP connection was refused because of the connection limit.
-    pub fn tcp_rejected(&self) {
-        self.tcp_rejected.inc();
+    /// A connection was refused by a connection limit.
+    pub fn connection_refused(&self, refusal: Refusal) {
+        self.tcp_rejected
+            .with_label_values(&[refusal.as_str()])
+            .inc();
+    }
+
+    /// The server closed an HTTP connection for `reason`.
+    pub fn http_connection_closed(&self, reason: HttpClose) {
+        self.http_closed.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// An anonymous socket of `namespace` was closed for staying anonymous too long.
+    pub fn socket_idle_closed(&self, namespace: &str) {
+        self.idle_closed.with_label_values(&[namespace]).inc();
     }
 
     /// A REST request finished.

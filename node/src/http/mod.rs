@@ -1,6 +1,7 @@
 //! The HTTP side: every route in one place ([`router`]), JSON errors for unknown routes and
-//! methods, body size limit, CORS, request metrics, and the drain guard that refuses new
-//! Socket.IO sessions and WebSocket upgrades while the node drains.
+//! methods, body size limit, CORS, request metrics, the drain guard that refuses new
+//! Socket.IO sessions and WebSocket upgrades while the node drains, and the per-client
+//! connection cap for WebSocket upgrades that come through a trusted proxy.
 
 pub mod extract;
 pub mod models;
@@ -10,7 +11,7 @@ pub mod publish;
 pub mod users;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +19,9 @@ use axum::routing::{get, post};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::error::{AppError, Code};
+use crate::listener::TrackedAddr;
+use crate::metrics::Refusal;
+use crate::peer::ClientLimits;
 use crate::state::AppState;
 
 /// The REST API and operations routes (the Socket.IO layer is added by the caller).
@@ -54,11 +58,66 @@ pub fn router(state: AppState) -> Router {
     api.with_state(state)
 }
 
-/// Layers that wrap the Socket.IO service too: CORS and the drain guard.
-pub fn outer_layers(router: Router, state: &AppState) -> Router {
-    router
-        .layer(middleware::from_fn_with_state(state.clone(), drain_guard))
-        .layer(cors(&state.cfg.cors_origins))
+/// Layers that wrap the Socket.IO service too: CORS, the drain guard and the per-client cap
+/// on proxied WebSocket upgrades.
+pub fn outer_layers(router: Router, state: &AppState, limits: &ClientLimits) -> Router {
+    let mut router = router.layer(middleware::from_fn_with_state(state.clone(), drain_guard));
+    if limits.per_ip.enabled() {
+        router = router.layer(middleware::from_fn_with_state(
+            (state.clone(), limits.clone()),
+            forwarded_ip_limit,
+        ));
+    }
+    router.layer(cors(&state.cfg.cors_origins))
+}
+
+/// `FANOUT_MAX_CONNECTIONS_PER_IP` for clients behind a trusted proxy. The listener counts
+/// direct peers at accept; a proxy's connection carries many clients, so here a WebSocket
+/// upgrade from a trusted proxy takes a slot for the client address of `X-Forwarded-For`
+/// and its connection holds it until it closes (a proxy tunnels one WebSocket per backend
+/// connection). Other proxied requests (REST, long-polling) are not counted: they hold no
+/// connection of their own. A trusted proxy that sends no usable header is not limited.
+async fn forwarded_ip_limit(
+    State((state, limits)): State<(AppState, ClientLimits)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(addr) = req
+        .extensions()
+        .get::<ConnectInfo<TrackedAddr>>()
+        .map(|info| info.0.clone())
+    else {
+        return next.run(req).await;
+    };
+    let peer = addr.peer.ip();
+    if !is_upgrade(&req) || !limits.proxies.contains(peer) || addr.conn.holds_ip_slot() {
+        return next.run(req).await;
+    }
+    let Some(client) = limits.proxies.client_ip(peer, req.headers()) else {
+        return next.run(req).await;
+    };
+    match limits.per_ip.try_acquire(client) {
+        Some(slot) => {
+            addr.conn.hold_ip_slot(slot);
+            next.run(req).await
+        }
+        None => {
+            state.metrics.connection_refused(Refusal::PerIpForwarded);
+            tracing::debug!(%client, "per-address connection cap reached (forwarded)");
+            AppError::new(
+                Code::TooManyConnections,
+                "too many connections from this address",
+            )
+            .into_response()
+        }
+    }
+}
+
+fn is_upgrade(req: &Request) -> bool {
+    req.headers()
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

@@ -95,9 +95,12 @@ pub async fn on_connect_middleware(socket: SocketRef<NodeAdapter>) -> Result<(),
     Ok(())
 }
 
-/// Connect handler: counts the socket.
-pub async fn on_connect(State(state): State<AppState>) {
+/// Connect handler: counts the socket and bounds how long it may stay without a seat.
+pub async fn on_connect(socket: SocketRef<NodeAdapter>, State(state): State<AppState>) {
     state.metrics.socket_connected(NAMESPACE);
+    super::idle::bound(socket, state, NAMESPACE, |s| {
+        s.extensions.get::<Seat>().is_some()
+    });
 }
 
 async fn on_unknown(

@@ -2,12 +2,14 @@
 //! - [`pubsub`]: namespace `/`, authenticated topic pub/sub on the [`crate::client`] core.
 //! - [`chat`]: namespace `/chat`, the classic two-person chat.
 //! - [`stream`]: namespace `/stream`, a term-filtered live stream.
+//! - [`idle`]: the bound on anonymous `/chat` and `/stream` sockets.
 //!
 //! Shared here: disconnect labels, connection keys, the link between a socket and the TCP
 //! connection its WebSocket runs on ([`link_upgrade`]), and [`register`], which mounts the
 //! three namespaces.
 
 pub mod chat;
+pub mod idle;
 pub mod pubsub;
 pub mod stream;
 

@@ -171,6 +171,7 @@ pub async fn on_connect(socket: SocketRef<NodeAdapter>, State(state): State<AppS
             if socket.connected() && client.session().is_none() {
                 state.metrics.auth_failed("timeout");
                 tracing::info!("authentication timeout");
+                super::idle::close_orphan_later(&socket, &state);
                 refuse(socket, "authentication timeout");
             }
         }

@@ -97,9 +97,17 @@ pub async fn on_connect_middleware(socket: SocketRef<NodeAdapter>) -> Result<(),
     Ok(())
 }
 
-/// Connect handler: counts the socket.
-pub async fn on_connect(State(state): State<AppState>) {
+/// Connect handler: counts the socket and bounds how long it may stay without a term.
+pub async fn on_connect(socket: SocketRef<NodeAdapter>, State(state): State<AppState>) {
     state.metrics.socket_connected(NAMESPACE);
+    super::idle::bound(socket, state, NAMESPACE, has_term);
+}
+
+/// True once the socket set a term (it is a listener, not an anonymous idler).
+fn has_term(socket: &SocketRef<NodeAdapter>) -> bool {
+    let filter = filter_of(socket);
+    let filter = filter.lock().unwrap_or_else(|p| p.into_inner());
+    filter.term.is_some()
 }
 
 async fn on_update_term(
