@@ -31,6 +31,8 @@ pub enum Code {
     InvalidTopic,
     /// No method of that name.
     UnknownMethod,
+    /// Too many requests: a connection over its command rate.
+    RateLimited,
     /// A backend (Redis) cannot be reached, or the node is draining.
     Unavailable,
     /// A bug or an unexpected backend answer; details are in the logs only.
@@ -50,6 +52,7 @@ impl Code {
             Code::PayloadTooLarge => "payload_too_large",
             Code::InvalidTopic => "invalid_topic",
             Code::UnknownMethod => "unknown_method",
+            Code::RateLimited => "rate_limited",
             Code::Unavailable => "unavailable",
             Code::Internal => "internal",
         }
@@ -65,6 +68,7 @@ impl Code {
             Code::NotFound | Code::UnknownMethod => StatusCode::NOT_FOUND,
             Code::Conflict => StatusCode::CONFLICT,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -17,7 +17,8 @@
 //! - [`events`]: the events and revocations channels.
 //! - [`bus`]: cross-node channels (loopback when embedded).
 //! - [`methods`]: the RPC method registry and built-ins.
-//! - [`connections`]: local connections by token (logout).
+//! - [`connections`]: local sessions by token, and their tokens' expiry (logout, expiry).
+//! - [`sessions`]: how sessions end: revocation, expiry, periodic re-validation.
 //! - [`http`]: REST API and operations routes.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`io`]: the Socket.IO server types.
@@ -49,6 +50,7 @@ pub mod listener;
 pub mod methods;
 pub mod metrics;
 pub mod request;
+pub mod sessions;
 pub mod shutdown;
 pub mod sio;
 pub mod state;
@@ -189,6 +191,11 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         .subscribe(&keys::revocations_channel(&cfg.prefix))
         .await?;
     tokio::spawn(events::run_revocations_listener(state.clone(), revocations));
+    {
+        let state = state.clone();
+        tokio::spawn(async move { state.connections.run_expiry().await });
+    }
+    tokio::spawn(sessions::run_revalidation(state.clone()));
     let items = state
         .bus
         .subscribe(&keys::stream_channel(&cfg.prefix))

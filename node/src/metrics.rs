@@ -110,6 +110,7 @@ pub struct Metrics {
     tcp_connections: IntGauge,
     tcp_rejected: IntCounter,
     http_requests: IntCounterVec,
+    session_checks: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -288,6 +289,12 @@ impl Metrics {
                 "REST requests, by route template and status class",
                 &["route", "status"],
             ),
+            session_checks: counter_vec(
+                &registry,
+                "fanout_session_checks_total",
+                "Tokens of live sessions looked up again by re-validation, by outcome (live, dead, error)",
+                &["outcome"],
+            ),
             registry,
         }
     }
@@ -405,6 +412,16 @@ impl Metrics {
     /// A TCP connection was refused because of the connection limit.
     pub fn tcp_rejected(&self) {
         self.tcp_rejected.inc();
+    }
+
+    /// A session re-validation round looked tokens up: `live` still valid, `dead` gone
+    /// (their sessions ended), `failed` lookups that could not reach the store.
+    pub fn session_checks(&self, live: u64, dead: u64, failed: u64) {
+        for (outcome, count) in [("live", live), ("dead", dead), ("error", failed)] {
+            self.session_checks
+                .with_label_values(&[outcome])
+                .inc_by(count);
+        }
     }
 
     /// A REST request finished.

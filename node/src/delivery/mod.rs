@@ -292,7 +292,14 @@ fn emit_within_budget(socket: &NodeSocket, msg: &TopicMessage, size: usize) -> A
         other => return other,
     }
     match socket.emit(msg.topic.as_str(), msg.json.as_ref()) {
-        Ok(()) => Admission::Admitted,
+        Ok(()) => {
+            if socket.transport_type() == socketioxide::TransportType::Polling {
+                // No connection of its own to count written bytes on: the message cap alone
+                // bounds a long-polling socket, so its bytes must not pile up as in flight.
+                outbound.written(size);
+            }
+            Admission::Admitted
+        }
         Err(SendError::Socket(SocketError::InternalChannelFull)) => {
             outbound.unadmit(size);
             close_socket(socket, &outbound, CloseReason::SlowConsumer);
@@ -306,20 +313,47 @@ fn emit_within_budget(socket: &NodeSocket, msg: &TopicMessage, size: usize) -> A
     }
 }
 
-/// Closes a Socket.IO socket for `reason`. A slow consumer is closed at the transport level
-/// (its TCP connection), so the stock client reconnects; a revoked session gets a Socket.IO
-/// DISCONNECT when its buffer can take one (the client must not reconnect with a dead
-/// token), and a transport close otherwise. A long-polling socket has no connection of its
-/// own: its full buffer makes the next Engine.IO ping fail, which closes it.
+/// Closes a Socket.IO socket for `reason`.
+///
+/// - A slow consumer is closed at the transport level (its TCP connection), so the stock
+///   client reconnects and resubscribes.
+/// - A session that ended (token revoked or expired) gets a Socket.IO DISCONNECT, so the
+///   client does not reconnect with its dead token — but only when nothing unread is waiting
+///   ahead of it; a client that stopped reading, or whose buffer cannot take the packet, is
+///   closed at the transport level instead. Calling this again for an ended session retries
+///   (the registry re-kicks until the socket is gone).
+/// - A connection over its request rate is closed at the transport level after
+///   [`outbound::CLOSE_GRACE`], so the `rate_limited` errors already queued can reach it.
+///
+/// A long-polling socket has no connection of its own: it gets the DISCONNECT (any reason but
+/// a slow consumer); when even that cannot be queued it leaves every room at once, so nothing
+/// more is delivered to it, and the Engine.IO heartbeat ends the session (its ping no longer
+/// fits). Whatever the transport does, the client core refuses every request of an ended
+/// session from the moment it ended ([`crate::client::Client::end`]).
 pub fn close_socket(socket: &NodeSocket, outbound: &Outbound, reason: CloseReason) {
-    if !outbound.start_closing(reason) {
+    let first = outbound.start_closing(reason);
+    let retry = !first
+        && reason.ends_session()
+        && outbound.closing().is_some_and(CloseReason::ends_session)
+        && socket.connected();
+    if !first && !retry {
         return;
     }
-    tracing::info!(sid = %socket.id, reason = reason.as_str(), "closing socket");
-    if reason != CloseReason::SlowConsumer && socket.clone().disconnect().is_ok() {
+    if first {
+        tracing::info!(sid = %socket.id, reason = reason.as_str(), "closing socket");
+    }
+    if reason.ends_session() && outbound.in_flight() == 0 && socket.clone().disconnect().is_ok() {
         return;
     }
     if let Some(conn) = outbound.conn() {
-        conn.close();
+        if reason == CloseReason::RateLimited {
+            outbound::close_after_grace(conn);
+        } else {
+            conn.close();
+        }
+        return;
+    }
+    if reason != CloseReason::SlowConsumer && socket.clone().disconnect().is_err() {
+        socket.leave_all();
     }
 }

@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use super::{conn_key, disconnect_label, websocket_conn};
 use crate::auth::{Credentials, Session};
-use crate::client::{Client, ClientKind, Reply, Responder, Transport};
+use crate::client::{Client, ClientKind, Reply, RequestLimiter, Responder, Transport};
 use crate::delivery::close_socket;
 use crate::delivery::outbound::{CloseReason, Outbound};
 use crate::error::AppError;
@@ -125,6 +125,7 @@ pub async fn on_connect_middleware(
         ClientKind::SocketIo,
         Box::new(transport),
         outbound.clone(),
+        RequestLimiter::new(&state.cfg),
     );
     let auth = auth.unwrap_or(Value::Null);
     if Credentials::present_in(&auth)
