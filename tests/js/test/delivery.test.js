@@ -14,6 +14,9 @@ const { startRedis } = require('../lib/redis');
 const { wsClient, stalledSocketIo, stalledWs } = require('../lib/ws');
 
 const range = (n) => Array.from({ length: n }, (_, i) => i);
+// These tests send thousands of back-to-back requests from one connection on purpose: their
+// nodes raise the per-connection request rate (default 100/s, burst 200) far above that.
+const UNTHROTTLED = { FANOUT_CLIENT_RATE: '1000000', FANOUT_CLIENT_BURST: '100000' };
 
 /** Resident memory of a process in bytes (Linux). */
 function rss(pid) {
@@ -75,7 +78,7 @@ describe('per-connection order across a cluster', () => {
     redis = await startRedis();
     nodes = [];
     for (let i = 0; i < 3; i += 1) {
-      nodes.push(await startNode({ env: { FANOUT_REDIS_URL: redis.url }, args: ['--node-id', `order${i}`] }));
+      nodes.push(await startNode({ env: { FANOUT_REDIS_URL: redis.url, ...UNTHROTTLED }, args: ['--node-id', `order${i}`] }));
     }
   });
 
@@ -166,7 +169,7 @@ describe('slow consumers are isolated and closed', () => {
 
   before(async () => {
     // A message cap far above N: only the byte budget (default 1 MiB) protects the node.
-    node = await startNode({ env: { FANOUT_CLIENT_QUEUE_MESSAGES: '100000' }, args: ['--node-id', 'slow'] });
+    node = await startNode({ env: { FANOUT_CLIENT_QUEUE_MESSAGES: '100000', ...UNTHROTTLED }, args: ['--node-id', 'slow'] });
   });
 
   after(async () => {
