@@ -202,7 +202,13 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         .await?;
     tokio::spawn(sio::stream::run_listener(state.clone(), items));
 
-    let router = http::router(state.clone()).layer(sio_layer);
+    // The Socket.IO service is built once and shared: the polling closer must reach the very
+    // Engine.IO sessions the router serves (see sio::polling).
+    let sio_service = tower::Layer::layer(&sio_layer, http::router(state.clone()));
+    state
+        .delivery
+        .set_polling_closer(sio::polling::PollingCloser::new(sio_service.clone()));
+    let router = axum::Router::new().fallback_service(sio_service);
     let router = http::outer_layers(router, &state);
     Ok(Node { state, router })
 }

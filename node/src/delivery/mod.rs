@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use crate::error::{AppError, Code};
 use crate::io::{Io, NodeSocket};
 use crate::metrics::{DropReason, DropTransport, Metrics, PublishSource};
+use crate::sio::polling::PollingCloser;
 use crate::topics::Topic;
 use hub::WsHub;
 use outbound::{Admission, Budget, CloseReason, Outbound};
@@ -151,6 +152,7 @@ impl Tally {
 /// The delivery service of a node.
 pub struct Delivery {
     io: OnceLock<Io>,
+    polling: OnceLock<PollingCloser>,
     hub: Arc<WsHub>,
     adapter: fanout_adapter::FanoutAdapterCtr,
     metrics: Metrics,
@@ -166,6 +168,7 @@ impl Delivery {
     ) -> Self {
         Self {
             io: OnceLock::new(),
+            polling: OnceLock::new(),
             hub: Arc::new(WsHub::default()),
             adapter,
             metrics,
@@ -178,6 +181,18 @@ impl Delivery {
         if self.io.set(io).is_err() {
             tracing::error!("Socket.IO handle attached twice; keeping the first");
         }
+    }
+
+    /// Attaches the closer of long-polling sessions (once, at startup).
+    pub fn set_polling_closer(&self, closer: PollingCloser) {
+        if self.polling.set(closer).is_err() {
+            tracing::error!("polling closer attached twice; keeping the first");
+        }
+    }
+
+    /// The closer of long-polling sessions (None only before startup completed).
+    pub fn polling_closer(&self) -> Option<&PollingCloser> {
+        self.polling.get()
     }
 
     /// The Socket.IO handle (None only before startup completed).
@@ -286,7 +301,7 @@ fn emit_within_budget(socket: &NodeSocket, msg: &TopicMessage, size: usize) -> A
     match outbound.admit(size) {
         Admission::Admitted => {}
         Admission::OverBudget => {
-            close_socket(socket, &outbound, CloseReason::SlowConsumer);
+            close_socket(socket, &outbound, CloseReason::SlowConsumer, None);
             return Admission::OverBudget;
         }
         other => return other,
@@ -302,7 +317,7 @@ fn emit_within_budget(socket: &NodeSocket, msg: &TopicMessage, size: usize) -> A
         }
         Err(SendError::Socket(SocketError::InternalChannelFull)) => {
             outbound.unadmit(size);
-            close_socket(socket, &outbound, CloseReason::SlowConsumer);
+            close_socket(socket, &outbound, CloseReason::SlowConsumer, None);
             Admission::OverBudget
         }
         Err(err) => {
@@ -326,16 +341,20 @@ fn emit_within_budget(socket: &NodeSocket, msg: &TopicMessage, size: usize) -> A
 ///   [`outbound::CLOSE_GRACE`], so the `rate_limited` errors already queued can reach it.
 ///
 /// A long-polling socket has no connection of its own: it gets the DISCONNECT (any reason but
-/// a slow consumer); when even that cannot be queued it leaves every room at once, so nothing
-/// more is delivered to it, and the Engine.IO heartbeat ends the session (its ping no longer
-/// fits). Whatever the transport does, the client core refuses every request of an ended
+/// a slow consumer); when even that cannot be queued (a client that stopped polling) it
+/// leaves every room at once and its Engine.IO session is closed through `polling`
+/// ([`PollingCloser`]); without one, the next Engine.IO heartbeat ends it. Whatever the transport does, the client core refuses every request of an ended
 /// session from the moment it ended ([`crate::client::Client::end`]).
-pub fn close_socket(socket: &NodeSocket, outbound: &Outbound, reason: CloseReason) {
+pub fn close_socket(
+    socket: &NodeSocket,
+    outbound: &Outbound,
+    reason: CloseReason,
+    polling: Option<&PollingCloser>,
+) {
     let first = outbound.start_closing(reason);
-    let retry = !first
-        && reason.ends_session()
-        && outbound.closing().is_some_and(CloseReason::ends_session)
-        && socket.connected();
+    // A session that ended is closed even if an earlier close (a slow consumer on
+    // long-polling, which has no connection to cut) left the socket connected.
+    let retry = !first && reason.ends_session() && socket.connected();
     if !first && !retry {
         return;
     }
@@ -355,5 +374,8 @@ pub fn close_socket(socket: &NodeSocket, outbound: &Outbound, reason: CloseReaso
     }
     if reason != CloseReason::SlowConsumer && socket.clone().disconnect().is_err() {
         socket.leave_all();
+        if let Some(polling) = polling {
+            polling.close(socket);
+        }
     }
 }

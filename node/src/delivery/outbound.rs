@@ -175,10 +175,16 @@ impl Outbound {
         }
     }
 
-    /// Asks to hand `bytes` to the connection; counts them when admitted.
+    /// Asks to hand `bytes` to the connection; counts them when admitted. Refused once the
+    /// connection is closing (except for its request rate, see [`CLOSE_GRACE`]).
     pub fn admit(&self, bytes: usize) -> Admission {
         let bytes = bytes as u64;
-        if self.closing().is_some() {
+        // A connection closed for its request rate still gets what comes during its grace
+        // (the replies to the requests it had queued, within its budget).
+        if self
+            .closing()
+            .is_some_and(|reason| reason != CloseReason::RateLimited)
+        {
             return Admission::Closing;
         }
         if bytes > self.budget.bytes {
@@ -258,5 +264,9 @@ mod tests {
         assert!(!out.start_closing(CloseReason::Revoked));
         assert_eq!(out.closing(), Some(CloseReason::SlowConsumer));
         assert_eq!(out.admit(1), Admission::Closing);
+        // Closed for its request rate: what comes during the grace is still handed over.
+        let out = budget(100);
+        assert!(out.start_closing(CloseReason::RateLimited));
+        assert_eq!(out.admit(1), Admission::Admitted);
     }
 }

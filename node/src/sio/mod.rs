@@ -8,6 +8,7 @@
 //! three namespaces.
 
 pub mod chat;
+pub mod polling;
 pub mod pubsub;
 pub mod stream;
 

@@ -25,6 +25,7 @@ use socketioxide::{SendError, SocketError};
 use socketioxide_parser_common::event_json;
 use tracing::Instrument;
 
+use super::polling::PollingCloser;
 use super::{conn_key, disconnect_label, websocket_conn};
 use crate::auth::{Credentials, Session};
 use crate::client::{Client, ClientKind, Reply, RequestLimiter, Responder, Transport};
@@ -46,6 +47,7 @@ struct SocketTransport {
     io: Io,
     sid: Sid,
     outbound: Arc<Outbound>,
+    polling: Option<PollingCloser>,
 }
 
 impl SocketTransport {
@@ -69,7 +71,7 @@ impl Transport for SocketTransport {
 
     fn close(&self, reason: CloseReason) {
         if let Some(socket) = self.socket() {
-            close_socket(&socket, &self.outbound, reason);
+            close_socket(&socket, &self.outbound, reason, self.polling.as_ref());
         }
     }
 
@@ -119,6 +121,7 @@ pub async fn on_connect_middleware(
         io,
         sid: socket.id,
         outbound: outbound.clone(),
+        polling: state.delivery.polling_closer().cloned(),
     };
     let client = Client::new(
         conn_key(&state, &socket),
@@ -244,7 +247,7 @@ fn ack_responder(
         match ack.send(&body) {
             Err(SendError::Socket(SocketError::InternalChannelFull)) => {
                 metrics.messages_dropped(DropTransport::SocketIo, DropReason::SlowConsumer, 1);
-                close_socket(&socket, &outbound, CloseReason::SlowConsumer);
+                close_socket(&socket, &outbound, CloseReason::SlowConsumer, None);
             }
             Err(SendError::Socket(SocketError::Closed)) => {
                 metrics.messages_dropped(DropTransport::SocketIo, DropReason::Closed, 1);

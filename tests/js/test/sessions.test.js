@@ -298,3 +298,69 @@ describe('per-connection request rate', () => {
     assert.ok(delta('fanout_bad_input_total{code="rate_limited",origin="ws"}') >= limited);
   });
 });
+
+/**
+ * A raw Engine.IO long-polling client: handshake, CONNECT to `/` with `token`, `subscribe` to
+ * `topic` (acked) — then it stops polling, so whatever is sent to it stays in its buffer.
+ */
+async function stalledPolling(base, token, topic) {
+  const url = (sid) => `${base}/socket.io/?EIO=4&transport=polling${sid ? `&sid=${sid}` : ''}`;
+  const opened = await (await fetch(url(), { signal: AbortSignal.timeout(3000) })).text();
+  const { sid } = JSON.parse(opened.slice(1));
+  const post = async (body) => {
+    const res = await fetch(url(sid), {
+      method: 'POST', body, headers: { 'content-type': 'text/plain;charset=UTF-8' }, signal: AbortSignal.timeout(3000),
+    });
+    await res.text();
+    return res.status;
+  };
+  const pollUntil = async (prefix) => {
+    for (let i = 0; i < 5; i += 1) {
+      const packets = (await (await fetch(url(sid), { signal: AbortSignal.timeout(3000) })).text()).split('\x1e');
+      if (packets.some((p) => p.startsWith(prefix))) return packets;
+    }
+    throw new Error(`no ${prefix} packet`);
+  };
+  assert.equal(await post(`40${JSON.stringify({ token })}`), 200);
+  await pollUntil('40');
+  assert.equal(await post(`420${JSON.stringify(['subscribe', topic])}`), 200);
+  const acked = await pollUntil('430');
+  assert.ok(acked.find((p) => p.startsWith('430')).includes('"ok":true'));
+  return { sid, url: url(sid), post };
+}
+
+describe('a long-polling session whose buffer is full', () => {
+  const CAP = 16;
+  let node;
+
+  before(async () => {
+    node = await startNode({ env: { FANOUT_CLIENT_QUEUE_MESSAGES: String(CAP) }, args: ['--node-id', 'poll-full'] });
+  });
+
+  after(async () => {
+    closeAll();
+    assert.equal(await node?.stop(), 0);
+  });
+
+  it('is ended within 1 s of the logout, though its DISCONNECT cannot be queued', async () => {
+    const u = await newUser(node.url, 'pollfull');
+    const topic = uniqueName('pf');
+    const stalled = await stalledPolling(node.url, u.token, topic);
+    // Exactly fill its buffer (one more would make it a slow consumer).
+    for (let i = 0; i < CAP; i += 1) {
+      assert.equal((await api(node.url, 'POST', '/api/publish', { topic, data: i }, u.token)).status, 202);
+    }
+    const before = await disconnections([node], '/', 'token_revoked');
+    const t0 = Date.now();
+    assert.equal((await api(node.url, 'POST', '/api/users/logout', undefined, u.token)).status, 204);
+    await eventually('the polling session ended', 1000, async () => {
+      const now = await disconnections([node], '/', 'token_revoked');
+      return now[0] - before[0] === 1 || now;
+    });
+    assert.ok(Date.now() - t0 <= 1000);
+    // Its Engine.IO session is gone: a request on it is refused.
+    const res = await fetch(stalled.url, { signal: AbortSignal.timeout(3000) });
+    await res.text();
+    assert.equal(res.status, 400);
+  });
+});
