@@ -23,6 +23,8 @@ pub struct Session {
     pub user_id: UserId,
     /// Hash of the token the connection authenticated with.
     pub token_hash: TokenHash,
+    /// When the token expires (`created` + `ttl`); None when its record cannot tell.
+    pub expires: Option<SystemTime>,
 }
 
 /// A new random access token: 32 bytes from the OS generator, hex-encoded (64 URL-safe chars).
@@ -169,6 +171,7 @@ impl Authenticator {
             return Err(AuthFailure::UserMismatch);
         }
         Ok(Session {
+            expires: crate::store::cache::expires_at(&record),
             user_id: record.user_id,
             token_hash,
         })

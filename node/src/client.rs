@@ -13,15 +13,35 @@
 //! connection's publishes leave the node in order. Method calls start in order and then run
 //! concurrently (a slow method does not hold up the connection). Different connections never
 //! wait for each other.
+//!
+//! # Limits
+//! Every request, well-formed or not, first passes the connection's token bucket
+//! ([`RequestLimiter`], `FANOUT_CLIENT_RATE` / `FANOUT_CLIENT_BURST`): over it the request is
+//! answered `rate_limited` (counted in `fanout_bad_input_total{code="rate_limited"}`), and a
+//! connection refused `FANOUT_CLIENT_MAX_REFUSALS` times in a row is closed at the transport
+//! level (reason `rate_limited`).
+//!
+//! # End of a session
+//! When its token is revoked or expires ([`crate::sessions`]), [`Client::end`] marks the
+//! session ended — every request from then on, queued or new, is answered `unauthorized` —
+//! and asks the transport to close.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+
+use governor::clock::MonotonicClock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 
 use serde_json::{Value, json};
 
 use crate::auth::{Credentials, Session};
+use crate::config::Config;
+use crate::connections::Endable;
 use crate::delivery::TopicMessage;
 use crate::delivery::outbound::{CloseReason, Outbound};
 use crate::error::{AppError, Code};
@@ -115,13 +135,80 @@ struct Queue {
     draining: bool,
 }
 
+/// A direct (one-connection) governor rate limiter: its state is one `AtomicU64`, and with
+/// the std monotonic clock (zero-sized) the whole limiter is a few tens of bytes inside the
+/// [`Client`], with nothing to clean up when the connection goes (a keyed limiter would keep
+/// a map entry per connection, keyed by a string, and need sweeping).
+type Bucket =
+    RateLimiter<NotKeyed, InMemoryState, MonotonicClock, NoOpMiddleware<std::time::Instant>>;
+
+/// Whether a request may be applied ([`RequestLimiter::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Within the rate.
+    Yes,
+    /// Over the rate: refuse this request.
+    Refused,
+    /// Over the rate once too often in a row: refuse it and close the connection.
+    Close,
+}
+
+/// One connection's request rate: a token bucket of `FANOUT_CLIENT_BURST` requests refilled
+/// at `FANOUT_CLIENT_RATE` per second, and the count of refusals in a row.
+pub struct RequestLimiter {
+    bucket: Option<Bucket>,
+    refused_in_a_row: AtomicU32,
+    max_refusals: u32,
+}
+
+impl RequestLimiter {
+    /// The limiter the configuration asks for (no bucket when the rate is 0).
+    pub fn new(cfg: &Config) -> Self {
+        let bucket = NonZeroU32::new(cfg.client_rate).map(|rate| {
+            let burst = NonZeroU32::new(cfg.client_burst).unwrap_or(rate);
+            RateLimiter::direct_with_clock(
+                Quota::per_second(rate).allow_burst(burst),
+                MonotonicClock,
+            )
+        });
+        Self {
+            bucket,
+            refused_in_a_row: AtomicU32::new(0),
+            max_refusals: cfg.client_max_refusals.max(1),
+        }
+    }
+
+    /// Takes one request out of the bucket.
+    pub fn check(&self) -> Admit {
+        let Some(bucket) = &self.bucket else {
+            return Admit::Yes;
+        };
+        if bucket.check().is_ok() {
+            self.refused_in_a_row.store(0, Ordering::Relaxed);
+            return Admit::Yes;
+        }
+        let refused = self.refused_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if refused >= self.max_refusals {
+            Admit::Close
+        } else {
+            Admit::Refused
+        }
+    }
+}
+
+/// `Client::ended` of a session that did not end (a [`CloseReason`] is never 0).
+const LIVE: u8 = 0;
+
 /// One client connection.
 pub struct Client {
     key: ConnKey,
     kind: ClientKind,
     transport: Box<dyn Transport>,
     outbound: Arc<Outbound>,
+    limiter: RequestLimiter,
     session: Mutex<Option<Session>>,
+    /// [`LIVE`], or the [`CloseReason`] its session ended for.
+    ended: AtomicU8,
     topics: Mutex<BTreeSet<Topic>>,
     queue: Mutex<Queue>,
     gone: AtomicBool,
@@ -134,17 +221,25 @@ impl Client {
         kind: ClientKind,
         transport: Box<dyn Transport>,
         outbound: Arc<Outbound>,
+        limiter: RequestLimiter,
     ) -> Arc<Client> {
         Arc::new(Client {
             key,
             kind,
             transport,
             outbound,
+            limiter,
             session: Mutex::new(None),
+            ended: AtomicU8::new(LIVE),
             topics: Mutex::new(BTreeSet::new()),
             queue: Mutex::new(Queue::default()),
             gone: AtomicBool::new(false),
         })
+    }
+
+    /// Why the session ended, once it did.
+    pub fn ended(&self) -> Option<CloseReason> {
+        CloseReason::from_u8(self.ended.load(Ordering::Acquire))
     }
 
     /// Identifies the connection cluster-wide (presence).
@@ -181,6 +276,30 @@ impl Client {
             ClientKind::SocketIo => "/",
             ClientKind::Ws => crate::delivery::WS_NAMESPACE,
         });
+        // Once closing for its rate, nothing more is applied while the close is under way.
+        let admit = if self.outbound.closing() == Some(CloseReason::RateLimited) {
+            Admit::Refused
+        } else {
+            self.limiter.check()
+        };
+        match admit {
+            Admit::Yes => {}
+            admit => {
+                let err = AppError::new(
+                    Code::RateLimited,
+                    format!(
+                        "more than {} requests per second (burst {}): slow down",
+                        state.cfg.client_rate, state.cfg.client_burst
+                    ),
+                );
+                self.answer(state, reply, Err(err));
+                if admit == Admit::Close && self.outbound.closing().is_none() {
+                    tracing::info!(conn = %self.key.0, "closing a connection that kept going over its request rate");
+                    self.transport.close(CloseReason::RateLimited);
+                }
+                return None;
+            }
+        }
         let request = match request {
             Ok(request) => request,
             Err(err) => {
@@ -225,6 +344,14 @@ impl Client {
 
     async fn apply(self: &Arc<Self>, state: &AppState, Job { request, reply }: Job) {
         if self.gone.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(reason) = self.ended() {
+            let why = match reason {
+                CloseReason::Expired => "session ended: the access token expired",
+                _ => "session ended: the access token was revoked",
+            };
+            self.answer(state, reply, Err(AppError::unauthorized(why)));
             return;
         }
         if let Request::Authenticate(creds) = request {
@@ -293,16 +420,15 @@ impl Client {
         }
         match state.auth.check(creds).await {
             Ok(session) => {
-                let weak: Weak<Client> = Arc::downgrade(self);
-                let kick = Arc::new(move || {
-                    if let Some(client) = weak.upgrade() {
-                        client.transport.close(CloseReason::Revoked);
-                    }
-                });
-                state
-                    .connections
-                    .register(&session.token_hash, self.key.clone(), kick);
                 *lock(&self.session) = Some(session.clone());
+                let this: Arc<dyn Endable> = self.clone();
+                let weak: Weak<dyn Endable> = Arc::downgrade(&this);
+                state.connections.register(
+                    &session.token_hash,
+                    session.expires,
+                    self.key.clone(),
+                    weak,
+                );
                 Ok(session)
             }
             Err(failure) => {
@@ -388,6 +514,20 @@ impl Client {
         self.transport.close(reason);
     }
 
+    /// Ends the session for `reason` (its token was revoked or expired): from now on every
+    /// request is answered `unauthorized`, whatever the transport still does; the transport
+    /// is asked to close (again, on a repeated call: the close may not have got through).
+    pub fn end(&self, reason: CloseReason) {
+        if self
+            .ended
+            .compare_exchange(LIVE, reason as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            tracing::info!(conn = %self.key.0, reason = reason.as_str(), "session ended");
+        }
+        self.transport.close(reason);
+    }
+
     /// The connection is gone: forget its session and subscriptions (presence included).
     pub async fn closed(&self, state: &AppState) {
         self.gone.store(true, Ordering::Release);
@@ -399,6 +539,214 @@ impl Client {
     }
 }
 
+impl Endable for Client {
+    fn end(&self, reason: CloseReason) {
+        Client::end(self, reason);
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{hash_token, new_token, now_rfc3339};
+    use crate::methods::MethodRegistry;
+    use crate::store::{TokenRecord, UserId};
+    use std::time::Duration;
+
+    /// A transport that records what the client core asked of it.
+    struct Recorder(Arc<Mutex<Vec<CloseReason>>>);
+
+    impl Transport for Recorder {
+        fn join(&self, _: &Topic) {}
+        fn leave(&self, _: &Topic) {}
+        fn close(&self, reason: CloseReason) {
+            lock(&self.0).push(reason);
+        }
+        fn authenticated(&self, _: &Result<Session, AppError>) {}
+    }
+
+    async fn state(rate: u32, burst: u32, max_refusals: u32) -> AppState {
+        let mut cfg = Config::for_tests();
+        cfg.client_rate = rate;
+        cfg.client_burst = burst;
+        cfg.client_max_refusals = max_refusals;
+        crate::build(cfg, MethodRegistry::with_builtins())
+            .await
+            .expect("node builds")
+            .state
+    }
+
+    fn client(state: &AppState) -> (Arc<Client>, Arc<Mutex<Vec<CloseReason>>>) {
+        let closes = Arc::new(Mutex::new(Vec::new()));
+        let client = Client::new(
+            ConnKey("test/1".into()),
+            ClientKind::Ws,
+            Box::new(Recorder(closes.clone())),
+            state.delivery.new_outbound(),
+            RequestLimiter::new(&state.cfg),
+        );
+        (client, closes)
+    }
+
+    /// Submits `request` and waits (1 s at most) for its outcome.
+    async fn request(
+        client: &Arc<Client>,
+        state: &AppState,
+        request: Request,
+    ) -> Result<Reply, AppError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let reply: Responder = Box::new(move |outcome| {
+            tx.send(outcome).ok();
+        });
+        if let Some(drain) = client.submit(state, Ok(request), reply) {
+            drain.await;
+        }
+        tokio::time::timeout(Duration::from_secs(1), rx)
+            .await
+            .expect("answered within 1 s")
+            .expect("answered")
+    }
+
+    async fn login(state: &AppState, ttl: u64) -> Credentials {
+        let token = new_token();
+        let record = TokenRecord {
+            user_id: UserId::new("7"),
+            ttl,
+            created: now_rfc3339(),
+            scopes: vec![],
+        };
+        state
+            .stores
+            .tokens
+            .insert(&hash_token(&token), &record)
+            .await
+            .unwrap();
+        Credentials {
+            token: Some(token),
+            ..Credentials::default()
+        }
+    }
+
+    fn whoami() -> Request {
+        Request::Call {
+            method: "whoami".into(),
+            args: Value::Null,
+        }
+    }
+
+    #[test]
+    fn a_connections_limiter_is_small() {
+        // Lives inline in every Client: keep it a few words.
+        assert!(std::mem::size_of::<RequestLimiter>() <= 64);
+    }
+
+    #[tokio::test]
+    async fn requests_past_the_burst_are_refused_and_a_client_that_keeps_going_is_closed() {
+        let state = state(1, 5, 10).await;
+        let (client, closes) = client(&state);
+        for i in 0..5 {
+            let outcome = request(&client, &state, Request::UnsubscribeAll).await;
+            // Not authenticated: refused by the core, but within the rate.
+            assert_eq!(outcome.unwrap_err().code, Code::Unauthorized, "request {i}");
+        }
+        for i in 0..9 {
+            let outcome = request(&client, &state, Request::UnsubscribeAll).await;
+            assert_eq!(outcome.unwrap_err().code, Code::RateLimited, "request {i}");
+            assert!(lock(&closes).is_empty(), "closed after {} refusals", i + 1);
+        }
+        let outcome = request(&client, &state, Request::UnsubscribeAll).await;
+        assert_eq!(outcome.unwrap_err().code, Code::RateLimited);
+        assert_eq!(*lock(&closes), vec![CloseReason::RateLimited]);
+        assert!(
+            state
+                .metrics
+                .render()
+                .contains(r#"fanout_bad_input_total{code="rate_limited",origin="ws"} 10"#)
+        );
+    }
+
+    #[tokio::test]
+    async fn rate_zero_means_no_limit() {
+        let state = state(0, 0, 1).await;
+        let (client, closes) = client(&state);
+        for _ in 0..1000 {
+            let outcome = request(&client, &state, Request::UnsubscribeAll).await;
+            assert_eq!(outcome.unwrap_err().code, Code::Unauthorized);
+        }
+        assert!(lock(&closes).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_ended_session_refuses_everything_before_its_transport_is_gone() {
+        let state = state(100, 200, 100).await;
+        let (client, closes) = client(&state);
+        let creds = login(&state, 60).await;
+        let session = client.authenticate(&state, &creds).await.unwrap();
+        assert!(request(&client, &state, whoami()).await.is_ok());
+        // The revocations listener's kick (the transport does not close: a stalled one).
+        assert_eq!(
+            state
+                .connections
+                .kick(&session.token_hash, CloseReason::Revoked),
+            1
+        );
+        assert_eq!(client.ended(), Some(CloseReason::Revoked));
+        assert_eq!(*lock(&closes), vec![CloseReason::Revoked]);
+        for req in [
+            whoami(),
+            Request::UnsubscribeAll,
+            Request::Publish {
+                topic: Topic::parse("/users/7").unwrap(),
+                data: Value::Null,
+            },
+            Request::Authenticate(creds.clone()),
+        ] {
+            let outcome = request(&client, &state, req).await;
+            assert_eq!(outcome.unwrap_err().code, Code::Unauthorized);
+        }
+        // Still registered: a repeated kick (re-validation) retries the close.
+        state
+            .connections
+            .kick(&session.token_hash, CloseReason::Revoked);
+        assert_eq!(lock(&closes).len(), 2);
+        client.closed(&state).await;
+        assert!(state.connections.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_session_ends_at_its_token_expiry_and_a_lost_revocation_is_healed() {
+        let state = state(100, 200, 100).await;
+        let (expiring, expiring_closes) = client(&state);
+        let creds = login(&state, 1).await;
+        expiring.authenticate(&state, &creds).await.unwrap();
+        let (revoked, revoked_closes) = client(&state);
+        let creds = login(&state, 60).await;
+        let session = revoked.authenticate(&state, &creds).await.unwrap();
+        // Deleted behind the node's back: no revocation message.
+        state
+            .stores
+            .tokens
+            .revoke(&session.token_hash)
+            .await
+            .unwrap();
+        let round = crate::sessions::revalidate(&state).await;
+        assert_eq!((round.live, round.dead), (1, 1));
+        assert_eq!(revoked.ended(), Some(CloseReason::Revoked));
+        assert_eq!(*lock(&revoked_closes), vec![CloseReason::Revoked]);
+        // `created` has millisecond precision: the token dies within 1 s from now.
+        tokio::time::timeout(Duration::from_millis(1500), async {
+            while expiring.ended().is_none() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("expired within its ttl");
+        assert_eq!(*lock(&expiring_closes), vec![CloseReason::Expired]);
+        let outcome = request(&expiring, &state, whoami()).await;
+        assert_eq!(outcome.unwrap_err().code, Code::Unauthorized);
+    }
 }

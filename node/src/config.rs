@@ -204,6 +204,26 @@ pub struct Config {
     )]
     pub remote_ack_timeout_max_ms: u64,
 
+    /// Requests per second one connection (Socket.IO `/` or `/ws`) may send, sustained; over
+    /// it a request is answered `rate_limited`. 0 = no limit.
+    #[arg(long, env = "FANOUT_CLIENT_RATE", default_value_t = 100)]
+    pub client_rate: u32,
+
+    /// Requests one connection may send at once above its rate (token bucket size).
+    #[arg(long, env = "FANOUT_CLIENT_BURST", default_value_t = 200)]
+    pub client_burst: u32,
+
+    /// Refused requests in a row (none accepted in between) after which a connection is
+    /// closed at the transport level (reason `rate_limited`).
+    #[arg(long, env = "FANOUT_CLIENT_MAX_REFUSALS", default_value_t = 100)]
+    pub client_max_refusals: u32,
+
+    /// How often every live session's token is checked again (ms), through the token cache, so
+    /// that a revocation whose message was lost still ends its sessions: within this interval
+    /// plus the cache's 5 s.
+    #[arg(long, env = "FANOUT_SESSION_REVALIDATE_MS", default_value_t = 15_000)]
+    pub session_revalidate_ms: u64,
+
     /// Seats in a `/chat` room.
     #[arg(long, env = "FANOUT_CHAT_ROOM_CAPACITY", default_value_t = 2)]
     pub chat_room_capacity: u32,
@@ -395,6 +415,21 @@ impl Config {
                     .into(),
             ));
         }
+        if self.client_rate > 0 && self.client_burst == 0 {
+            return Err(ConfigError(
+                "FANOUT_CLIENT_BURST must be positive when FANOUT_CLIENT_RATE is set".into(),
+            ));
+        }
+        if self.client_max_refusals == 0 {
+            return Err(ConfigError(
+                "FANOUT_CLIENT_MAX_REFUSALS must be positive".into(),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.session_revalidate_ms) {
+            return Err(ConfigError(
+                "FANOUT_SESSION_REVALIDATE_MS must be between 100 and 3600000".into(),
+            ));
+        }
         if self.chat_room_capacity == 0 {
             return Err(ConfigError(
                 "FANOUT_CHAT_ROOM_CAPACITY must be positive".into(),
@@ -488,6 +523,11 @@ impl Config {
             records_per_user: self.model_max_records_per_user,
             max_models: self.model_max_models,
         }
+    }
+
+    /// Session re-validation interval as a duration.
+    pub fn session_revalidate(&self) -> Duration {
+        Duration::from_millis(self.session_revalidate_ms)
     }
 
     /// Auth timeout as a duration.

@@ -1,77 +1,300 @@
-//! Which local connections authenticated with which token, so that a logout (on any node)
-//! disconnects every socket that used the token. Socket.IO sockets and `/ws` connections
-//! register a [`Kick`] closure; [`ConnRegistry::kick`] runs them.
+//! The node's live sessions: which local connections authenticated with which token, and
+//! when each token expires. A logout (on any node, through the revocations channel), a
+//! token found dead by re-validation, or the token's expiry ends every connection of the
+//! token through [`ConnRegistry::kick`]; see [`crate::sessions`] for the tasks that drive it.
+//!
+//! A connection stays registered until it is actually gone ([`ConnRegistry::unregister`],
+//! called when it closes), not merely until it was told to go: a kick whose close could not
+//! be delivered is repeated by the next re-validation, and the connection refuses every
+//! request from the first kick on ([`Endable::end`]).
+//!
+//! Memory per connection: one map entry (its key and a weak pointer). Expiry costs nothing
+//! per connection: one [`ExpiryQueue`] entry per *token*, drained by one task per node.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Mutex, Weak};
+use std::time::SystemTime;
 
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::delivery::outbound::CloseReason;
+use crate::sessions::{ExpiryKey, ExpiryQueue};
 use crate::store::{ConnKey, TokenHash};
 
-/// Disconnects one connection.
-pub type Kick = Arc<dyn Fn() + Send + Sync>;
+/// A connection whose session can be ended (the client core's [`crate::client::Client`]).
+pub trait Endable: Send + Sync {
+    /// Ends the session for `reason`: refuse every request from now on and close the
+    /// connection. Called again, it retries the close.
+    fn end(&self, reason: CloseReason);
+}
 
-/// Local connections by token hash.
+struct TokenConns {
+    expiry: Option<(Instant, ExpiryKey)>,
+    conns: HashMap<ConnKey, Weak<dyn Endable>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_token: HashMap<TokenHash, TokenConns>,
+    expiries: ExpiryQueue<TokenHash>,
+}
+
+/// Local connections by token hash, and the tokens' expiry instants.
 #[derive(Default)]
 pub struct ConnRegistry {
-    by_token: Mutex<HashMap<TokenHash, HashMap<ConnKey, Kick>>>,
+    inner: Mutex<Inner>,
+    /// Wakes the expiry task when a token expiring sooner than any other is registered.
+    sooner: Notify,
+}
+
+/// A wall-clock instant as a monotonic one (now, if it is past).
+fn instant_of(at: SystemTime) -> Instant {
+    let now = Instant::now();
+    match at.duration_since(SystemTime::now()) {
+        Ok(left) => now + left,
+        Err(_) => now,
+    }
 }
 
 impl ConnRegistry {
-    /// Records that `conn` authenticated with `token`.
-    pub fn register(&self, token: &TokenHash, conn: ConnKey, kick: Kick) {
-        self.lock()
-            .entry(token.clone())
-            .or_default()
-            .insert(conn, kick);
+    /// Records that `conn` authenticated with `token`, which expires at `expires` (if known).
+    pub fn register(
+        &self,
+        token: &TokenHash,
+        expires: Option<SystemTime>,
+        conn: ConnKey,
+        client: Weak<dyn Endable>,
+    ) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let mut sooner = false;
+        let entry = inner.by_token.entry(token.clone()).or_insert_with(|| {
+            let expiry = expires.map(instant_of).map(|at| {
+                sooner = inner.expiries.next().is_none_or(|next| at < next);
+                (at, inner.expiries.insert(at, token.clone()))
+            });
+            TokenConns {
+                expiry,
+                conns: HashMap::new(),
+            }
+        });
+        entry.conns.insert(conn, client);
+        if sooner {
+            self.sooner.notify_one();
+        }
     }
 
-    /// Forgets `conn` (it disconnected).
+    /// Forgets `conn` (it is gone).
     pub fn unregister(&self, token: &TokenHash, conn: &ConnKey) {
-        let mut map = self.lock();
-        if let Some(conns) = map.get_mut(token) {
-            conns.remove(conn);
-            if conns.is_empty() {
-                map.remove(token);
+        let mut inner = self.lock();
+        let Some(entry) = inner.by_token.get_mut(token) else {
+            return;
+        };
+        entry.conns.remove(conn);
+        if entry.conns.is_empty()
+            && let Some(entry) = inner.by_token.remove(token)
+            && let Some((_, key)) = entry.expiry
+        {
+            inner.expiries.remove(key);
+        }
+    }
+
+    /// Ends every local connection of `token` for `reason`; returns how many. The
+    /// connections stay registered until they are gone, so a kick can be repeated.
+    pub fn kick(&self, token: &TokenHash, reason: CloseReason) -> usize {
+        let clients: Vec<_> = {
+            let inner = self.lock();
+            let Some(entry) = inner.by_token.get(token) else {
+                return 0;
+            };
+            entry.conns.values().filter_map(Weak::upgrade).collect()
+        };
+        for client in &clients {
+            client.end(reason);
+        }
+        clients.len()
+    }
+
+    /// Ends the connections of a token the store no longer knows: `token_expired` when its
+    /// expiry has passed, `token_revoked` otherwise. Returns how many.
+    pub fn kick_dead(&self, token: &TokenHash) -> usize {
+        let expired = self
+            .lock()
+            .by_token
+            .get(token)
+            .and_then(|entry| entry.expiry)
+            .is_some_and(|(at, _)| at <= Instant::now());
+        let reason = if expired {
+            CloseReason::Expired
+        } else {
+            CloseReason::Revoked
+        };
+        self.kick(token, reason)
+    }
+
+    /// The tokens with at least one live local connection.
+    pub fn tokens(&self) -> Vec<TokenHash> {
+        self.lock().by_token.keys().cloned().collect()
+    }
+
+    /// Number of local connections registered.
+    pub fn len(&self) -> usize {
+        self.lock().by_token.values().map(|e| e.conns.len()).sum()
+    }
+
+    /// True when no connection is registered.
+    pub fn is_empty(&self) -> bool {
+        self.lock().by_token.is_empty()
+    }
+
+    /// Ends the connections of every token whose expiry is due at `now`; returns how many
+    /// connections. Each token is taken off the expiry queue once; its connections stay
+    /// registered until gone (re-validation repeats the kick if one lingers).
+    pub fn expire_due(&self, now: Instant) -> usize {
+        let due = self.lock().expiries.pop_due(now);
+        due.iter()
+            .map(|token| self.kick(token, CloseReason::Expired))
+            .sum()
+    }
+
+    /// Ends sessions at their tokens' expiry, until the process stops: sleeps until the
+    /// earliest expiry (or until a sooner one is registered), then kicks what is due.
+    pub async fn run_expiry(&self) {
+        loop {
+            let next = self.lock().expiries.next();
+            let sooner = self.sooner.notified();
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = sooner => {}
+                    }
+                }
+                None => sooner.await,
+            }
+            let ended = self.expire_due(Instant::now());
+            if ended > 0 {
+                tracing::info!(ended, "ended the sessions of expired tokens");
             }
         }
     }
 
-    /// Disconnects every local connection of `token`; returns how many.
-    pub fn kick(&self, token: &TokenHash) -> usize {
-        let conns = self.lock().remove(token).unwrap_or_default();
-        for kick in conns.values() {
-            kick();
-        }
-        conns.len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenHash, HashMap<ConnKey, Kick>>> {
-        self.by_token.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[derive(Default)]
+    struct Probe(Mutex<Vec<CloseReason>>);
+
+    impl Endable for Probe {
+        fn end(&self, reason: CloseReason) {
+            self.0.lock().unwrap().push(reason);
+        }
+    }
+
+    impl Probe {
+        fn ends(&self) -> Vec<CloseReason> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    fn weak(probe: &Arc<Probe>) -> Weak<dyn Endable> {
+        let probe: Arc<dyn Endable> = probe.clone();
+        Arc::downgrade(&probe)
+    }
 
     #[test]
-    fn kick_runs_every_connection_of_the_token_once() {
+    fn kick_reaches_every_connection_of_the_token_until_it_is_gone() {
         let registry = ConnRegistry::default();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let kick: Kick = {
-            let hits = hits.clone();
-            Arc::new(move || {
-                hits.fetch_add(1, Ordering::SeqCst);
-            })
-        };
+        let (a, b, c) = (
+            Arc::new(Probe::default()),
+            Arc::new(Probe::default()),
+            Arc::new(Probe::default()),
+        );
         let t1 = TokenHash("t1".into());
-        registry.register(&t1, ConnKey("a".into()), kick.clone());
-        registry.register(&t1, ConnKey("b".into()), kick.clone());
-        registry.register(&TokenHash("t2".into()), ConnKey("c".into()), kick.clone());
+        registry.register(&t1, None, ConnKey("a".into()), weak(&a));
+        registry.register(&t1, None, ConnKey("b".into()), weak(&b));
+        registry.register(&TokenHash("t2".into()), None, ConnKey("c".into()), weak(&c));
         registry.unregister(&t1, &ConnKey("b".into()));
-        assert_eq!(registry.kick(&t1), 1);
-        assert_eq!(registry.kick(&t1), 0);
-        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert_eq!(registry.kick(&t1, CloseReason::Revoked), 1);
+        // Not forgotten by the kick: a lingering connection is kicked again.
+        assert_eq!(registry.kick(&t1, CloseReason::Revoked), 1);
+        assert_eq!(a.ends(), vec![CloseReason::Revoked, CloseReason::Revoked]);
+        assert!(b.ends().is_empty() && c.ends().is_empty());
+        registry.unregister(&t1, &ConnKey("a".into()));
+        assert_eq!(registry.kick(&t1, CloseReason::Revoked), 0);
+        assert_eq!(registry.tokens(), vec![TokenHash("t2".into())]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_ends_sessions_at_their_token_deadline_only() {
+        let registry = Arc::new(ConnRegistry::default());
+        let (soon, later, gone) = (
+            Arc::new(Probe::default()),
+            Arc::new(Probe::default()),
+            Arc::new(Probe::default()),
+        );
+        let now = SystemTime::now();
+        let t_soon = TokenHash("soon".into());
+        let t_later = TokenHash("later".into());
+        let t_gone = TokenHash("gone".into());
+        registry.register(
+            &t_later,
+            Some(now + Duration::from_secs(10)),
+            ConnKey("l".into()),
+            weak(&later),
+        );
+        let task = tokio::spawn({
+            let registry = registry.clone();
+            async move { registry.run_expiry().await }
+        });
+        tokio::task::yield_now().await;
+        // Registered after the task went to sleep until t_later: it must wake up sooner.
+        registry.register(
+            &t_soon,
+            Some(now + Duration::from_secs(2)),
+            ConnKey("s".into()),
+            weak(&soon),
+        );
+        registry.register(
+            &t_gone,
+            Some(now + Duration::from_secs(3)),
+            ConnKey("g".into()),
+            weak(&gone),
+        );
+        registry.unregister(&t_gone, &ConnKey("g".into()));
+        tokio::time::sleep(Duration::from_millis(1900)).await;
+        assert!(soon.ends().is_empty());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(soon.ends(), vec![CloseReason::Expired]);
+        assert!(later.ends().is_empty());
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert_eq!(later.ends(), vec![CloseReason::Expired]);
+        assert!(
+            gone.ends().is_empty(),
+            "an unregistered token leaves the queue"
+        );
+        // Dead in the store after its expiry: token_expired; before: token_revoked.
+        assert_eq!(registry.kick_dead(&t_later), 1);
+        assert_eq!(later.ends()[1], CloseReason::Expired);
+        let fresh = Arc::new(Probe::default());
+        let t_fresh = TokenHash("fresh".into());
+        registry.register(
+            &t_fresh,
+            Some(SystemTime::now() + Duration::from_secs(60)),
+            ConnKey("f".into()),
+            weak(&fresh),
+        );
+        assert_eq!(registry.kick_dead(&t_fresh), 1);
+        assert_eq!(fresh.ends(), vec![CloseReason::Revoked]);
+        task.abort();
     }
 }

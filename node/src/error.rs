@@ -35,8 +35,8 @@ pub enum Code {
     Unavailable,
     /// A bug or an unexpected backend answer; details are in the logs only.
     Internal,
-    /// Too many attempts (logins, signups) from this address or for this account; HTTP
-    /// answers carry `Retry-After`.
+    /// Too many requests: a connection over its command rate, or too many logins or signups
+    /// from this address or for this account (HTTP answers carry `Retry-After`).
     RateLimited,
     /// A count limit of the model store was reached (records per user, models).
     QuotaExceeded,

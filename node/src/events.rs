@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::delivery::TopicMessage;
+use crate::delivery::outbound::CloseReason;
 use crate::error::AppError;
 use crate::metrics::PublishSource;
 use crate::state::AppState;
@@ -108,7 +109,8 @@ pub async fn publish_revocation(state: &AppState, token: &TokenHash) -> Result<(
         .await
 }
 
-/// Disconnects the local connections of every revoked token, until the bus closes.
+/// Ends the local sessions of every revoked token (and forgets it in the token cache), until
+/// the bus closes. A lost message is healed by re-validation ([`crate::sessions`]).
 pub async fn run_revocations_listener(state: AppState, mut rx: mpsc::Receiver<Bytes>) {
     while let Some(payload) = rx.recv().await {
         let hash = match std::str::from_utf8(&payload) {
@@ -124,7 +126,7 @@ pub async fn run_revocations_listener(state: AppState, mut rx: mpsc::Receiver<By
         };
         let hash = TokenHash(hash.to_string());
         state.stores.tokens.invalidate(&hash);
-        let kicked = state.connections.kick(&hash);
+        let kicked = state.connections.kick(&hash, CloseReason::Revoked);
         if kicked > 0 {
             tracing::info!(kicked, "disconnected connections of a revoked token");
         }

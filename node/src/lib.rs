@@ -17,7 +17,8 @@
 //! - [`events`]: the events and revocations channels.
 //! - [`bus`]: cross-node channels (loopback when embedded).
 //! - [`methods`]: the RPC method registry and built-ins.
-//! - [`connections`]: local connections by token (logout).
+//! - [`connections`]: local sessions by token, and their tokens' expiry (logout, expiry).
+//! - [`sessions`]: how sessions end: revocation, expiry, periodic re-validation.
 //! - [`http`]: REST API and operations routes.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`io`]: the Socket.IO server types.
@@ -54,6 +55,7 @@ pub mod metrics;
 pub mod peer;
 pub mod request;
 pub mod server;
+pub mod sessions;
 pub mod shutdown;
 pub mod sio;
 pub mod state;
@@ -206,14 +208,25 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         .subscribe(&keys::revocations_channel(&cfg.prefix))
         .await?;
     tokio::spawn(events::run_revocations_listener(state.clone(), revocations));
+    {
+        let state = state.clone();
+        tokio::spawn(async move { state.connections.run_expiry().await });
+    }
+    tokio::spawn(sessions::run_revalidation(state.clone()));
     let items = state
         .bus
         .subscribe(&keys::stream_channel(&cfg.prefix))
         .await?;
     tokio::spawn(sio::stream::run_listener(state.clone(), items));
 
+    // The Socket.IO service is built once and shared: the polling closer must reach the very
+    // Engine.IO sessions the router serves (see sio::polling).
+    let sio_service = tower::Layer::layer(&sio_layer, http::router(state.clone()));
+    state
+        .delivery
+        .set_polling_closer(sio::polling::PollingCloser::new(sio_service.clone()));
     let client_limits = ClientLimits::from_config(&cfg);
-    let router = http::router(state.clone()).layer(sio_layer);
+    let router = axum::Router::new().fallback_service(sio_service);
     let router = http::outer_layers(router, &state, &client_limits);
     Ok(Node {
         state,

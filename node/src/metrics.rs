@@ -159,6 +159,7 @@ pub struct Metrics {
     credentials_throttled: IntCounterVec,
     password_hash_jobs: IntGauge,
     model_writes_refused: IntCounterVec,
+    session_checks: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -367,6 +368,12 @@ impl Metrics {
                 "Model writes refused by a policy or a limit, by reason",
                 &["reason"],
             ),
+            session_checks: counter_vec(
+                &registry,
+                "fanout_session_checks_total",
+                "Tokens of live sessions looked up again by re-validation, by outcome (live, dead, error)",
+                &["outcome"],
+            ),
             registry,
         }
     }
@@ -496,6 +503,16 @@ impl Metrics {
     /// An anonymous socket of `namespace` was closed for staying anonymous too long.
     pub fn socket_idle_closed(&self, namespace: &str) {
         self.idle_closed.with_label_values(&[namespace]).inc();
+    }
+
+    /// A session re-validation round looked tokens up: `live` still valid, `dead` gone
+    /// (their sessions ended), `failed` lookups that could not reach the store.
+    pub fn session_checks(&self, live: u64, dead: u64, failed: u64) {
+        for (outcome, count) in [("live", live), ("dead", dead), ("error", failed)] {
+            self.session_checks
+                .with_label_values(&[outcome])
+                .inc_by(count);
+        }
     }
 
     /// A REST request finished.

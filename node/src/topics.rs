@@ -176,6 +176,7 @@ mod tests {
         Session {
             user_id: UserId::new(user),
             token_hash: TokenHash("h".into()),
+            expires: None,
         }
     }
 

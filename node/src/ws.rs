@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::auth::Session;
-use crate::client::{Client, ClientKind, Reply, Responder, Transport};
+use crate::client::{Client, ClientKind, Reply, RequestLimiter, Responder, Transport};
 use crate::delivery::WS_NAMESPACE;
 use crate::delivery::hub::{DRAINING, Outbox, SLOW_CONSUMER_CODE, WsHub, WsOut};
 use crate::delivery::outbound::{Admission, CloseReason};
@@ -67,6 +67,8 @@ impl Transport for WsTransport {
         let text = match reason {
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::Revoked => "token revoked",
+            CloseReason::Expired => "token expired",
+            CloseReason::RateLimited => "rate limited",
         };
         self.outbox.close(reason, close_code(reason), text);
     }
@@ -85,7 +87,7 @@ impl Transport for WsTransport {
 fn close_code(reason: CloseReason) -> u16 {
     match reason {
         CloseReason::SlowConsumer => SLOW_CONSUMER_CODE,
-        CloseReason::Revoked => close::POLICY,
+        CloseReason::Revoked | CloseReason::Expired | CloseReason::RateLimited => close::POLICY,
     }
 }
 
@@ -127,6 +129,7 @@ async fn run_connection(
         ClientKind::Ws,
         Box::new(transport),
         outbox.outbound.clone(),
+        RequestLimiter::new(&state.cfg),
     );
     let span = tracing::info_span!("ws", conn = id, node = %state.node_id);
     state.metrics.socket_connected(WS_NAMESPACE);

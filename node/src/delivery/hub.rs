@@ -9,7 +9,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 
 use super::Tally;
-use super::outbound::{Admission, CloseReason, Outbound};
+use super::outbound::{Admission, CloseReason, Outbound, close_after_grace};
 use crate::listener::ConnHandle;
 use crate::topics::Topic;
 
@@ -53,20 +53,28 @@ impl Outbox {
         }
     }
 
-    /// Closes the connection for `reason`: with a close frame when it can still be queued
-    /// (and the reason allows the client to be told), else at the transport level.
+    /// Closes the connection for `reason`. A session that ended (token revoked or expired)
+    /// gets a close frame when nothing unread waits ahead of it and the queue can take it,
+    /// and its TCP connection is closed anyway after [`super::outbound::CLOSE_GRACE`]: a writer stuck on a
+    /// client that stopped reading would never send that frame. A connection over its request
+    /// rate gets no close frame; its TCP connection is closed after the same grace, so the
+    /// replies already queued (its `rate_limited` errors) can still reach it. Anything else,
+    /// or an ended session whose frame cannot be queued, is closed at the transport level at
+    /// once.
     pub fn close(&self, reason: CloseReason, code: u16, text: &'static str) {
         if !self.outbound.start_closing(reason) {
             return;
         }
-        let polite = reason != CloseReason::SlowConsumer
+        let polite = reason.ends_session()
+            && self.outbound.in_flight() == 0
             && self.tx.try_send(WsOut::Close(code, text)).is_ok();
-        if !polite {
-            match &self.conn {
-                Some(conn) => conn.close(),
-                // No TCP handle (a router served without the tracked listener): the writer
-                // ends at the next frame it fails to queue.
-                None => {
+        match &self.conn {
+            Some(conn) if polite || reason == CloseReason::RateLimited => close_after_grace(conn),
+            Some(conn) => conn.close(),
+            // No TCP handle (a router served without the tracked listener): the writer
+            // ends at the next frame it fails to queue.
+            None => {
+                if !polite {
                     self.tx.try_send(WsOut::Close(code, text)).ok();
                 }
             }

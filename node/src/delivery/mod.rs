@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use crate::error::{AppError, Code};
 use crate::io::{Io, NodeSocket};
 use crate::metrics::{DropReason, DropTransport, Metrics, PublishSource};
+use crate::sio::polling::PollingCloser;
 use crate::topics::Topic;
 use hub::WsHub;
 use outbound::{Admission, Budget, CloseReason, Outbound};
@@ -151,6 +152,7 @@ impl Tally {
 /// The delivery service of a node.
 pub struct Delivery {
     io: OnceLock<Io>,
+    polling: OnceLock<PollingCloser>,
     hub: Arc<WsHub>,
     adapter: fanout_adapter::FanoutAdapterCtr,
     metrics: Metrics,
@@ -166,6 +168,7 @@ impl Delivery {
     ) -> Self {
         Self {
             io: OnceLock::new(),
+            polling: OnceLock::new(),
             hub: Arc::new(WsHub::default()),
             adapter,
             metrics,
@@ -178,6 +181,18 @@ impl Delivery {
         if self.io.set(io).is_err() {
             tracing::error!("Socket.IO handle attached twice; keeping the first");
         }
+    }
+
+    /// Attaches the closer of long-polling sessions (once, at startup).
+    pub fn set_polling_closer(&self, closer: PollingCloser) {
+        if self.polling.set(closer).is_err() {
+            tracing::error!("polling closer attached twice; keeping the first");
+        }
+    }
+
+    /// The closer of long-polling sessions (None only before startup completed).
+    pub fn polling_closer(&self) -> Option<&PollingCloser> {
+        self.polling.get()
     }
 
     /// The Socket.IO handle (None only before startup completed).
@@ -286,16 +301,23 @@ fn emit_within_budget(socket: &NodeSocket, msg: &TopicMessage, size: usize) -> A
     match outbound.admit(size) {
         Admission::Admitted => {}
         Admission::OverBudget => {
-            close_socket(socket, &outbound, CloseReason::SlowConsumer);
+            close_socket(socket, &outbound, CloseReason::SlowConsumer, None);
             return Admission::OverBudget;
         }
         other => return other,
     }
     match socket.emit(msg.topic.as_str(), msg.json.as_ref()) {
-        Ok(()) => Admission::Admitted,
+        Ok(()) => {
+            if socket.transport_type() == socketioxide::TransportType::Polling {
+                // No connection of its own to count written bytes on: the message cap alone
+                // bounds a long-polling socket, so its bytes must not pile up as in flight.
+                outbound.written(size);
+            }
+            Admission::Admitted
+        }
         Err(SendError::Socket(SocketError::InternalChannelFull)) => {
             outbound.unadmit(size);
-            close_socket(socket, &outbound, CloseReason::SlowConsumer);
+            close_socket(socket, &outbound, CloseReason::SlowConsumer, None);
             Admission::OverBudget
         }
         Err(err) => {
@@ -306,20 +328,54 @@ fn emit_within_budget(socket: &NodeSocket, msg: &TopicMessage, size: usize) -> A
     }
 }
 
-/// Closes a Socket.IO socket for `reason`. A slow consumer is closed at the transport level
-/// (its TCP connection), so the stock client reconnects; a revoked session gets a Socket.IO
-/// DISCONNECT when its buffer can take one (the client must not reconnect with a dead
-/// token), and a transport close otherwise. A long-polling socket has no connection of its
-/// own: its full buffer makes the next Engine.IO ping fail, which closes it.
-pub fn close_socket(socket: &NodeSocket, outbound: &Outbound, reason: CloseReason) {
-    if !outbound.start_closing(reason) {
+/// Closes a Socket.IO socket for `reason`.
+///
+/// - A slow consumer is closed at the transport level (its TCP connection), so the stock
+///   client reconnects and resubscribes.
+/// - A session that ended (token revoked or expired) gets a Socket.IO DISCONNECT, so the
+///   client does not reconnect with its dead token — but only when nothing unread is waiting
+///   ahead of it; a client that stopped reading, or whose buffer cannot take the packet, is
+///   closed at the transport level instead. Calling this again for an ended session retries
+///   (the registry re-kicks until the socket is gone).
+/// - A connection over its request rate is closed at the transport level after
+///   [`outbound::CLOSE_GRACE`], so the `rate_limited` errors already queued can reach it.
+///
+/// A long-polling socket has no connection of its own: it gets the DISCONNECT (any reason but
+/// a slow consumer); when even that cannot be queued (a client that stopped polling) it
+/// leaves every room at once and its Engine.IO session is closed through `polling`
+/// ([`PollingCloser`]); without one, the next Engine.IO heartbeat ends it. Whatever the transport does, the client core refuses every request of an ended
+/// session from the moment it ended ([`crate::client::Client::end`]).
+pub fn close_socket(
+    socket: &NodeSocket,
+    outbound: &Outbound,
+    reason: CloseReason,
+    polling: Option<&PollingCloser>,
+) {
+    let first = outbound.start_closing(reason);
+    // A session that ended is closed even if an earlier close (a slow consumer on
+    // long-polling, which has no connection to cut) left the socket connected.
+    let retry = !first && reason.ends_session() && socket.connected();
+    if !first && !retry {
         return;
     }
-    tracing::info!(sid = %socket.id, reason = reason.as_str(), "closing socket");
-    if reason != CloseReason::SlowConsumer && socket.clone().disconnect().is_ok() {
+    if first {
+        tracing::info!(sid = %socket.id, reason = reason.as_str(), "closing socket");
+    }
+    if reason.ends_session() && outbound.in_flight() == 0 && socket.clone().disconnect().is_ok() {
         return;
     }
     if let Some(conn) = outbound.conn() {
-        conn.close();
+        if reason == CloseReason::RateLimited {
+            outbound::close_after_grace(conn);
+        } else {
+            conn.close();
+        }
+        return;
+    }
+    if reason != CloseReason::SlowConsumer && socket.clone().disconnect().is_err() {
+        socket.leave_all();
+        if let Some(polling) = polling {
+            polling.close(socket);
+        }
     }
 }

@@ -27,8 +27,12 @@ use crate::listener::ConnHandle;
 pub enum CloseReason {
     /// Over its outbound budget.
     SlowConsumer = 1,
-    /// Its token was revoked (logout) or expired.
+    /// Its token was revoked (logout, or found dead when re-validated).
     Revoked = 2,
+    /// Its token reached its expiry.
+    Expired = 3,
+    /// It kept sending requests over its command rate.
+    RateLimited = 4,
 }
 
 impl CloseReason {
@@ -37,16 +41,41 @@ impl CloseReason {
         match self {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Revoked => "token_revoked",
+            CloseReason::Expired => "token_expired",
+            CloseReason::RateLimited => "rate_limited",
         }
     }
 
-    fn from_u8(raw: u8) -> Option<CloseReason> {
+    /// True when the session itself ended (its token is dead): the client is told when that
+    /// can still be queued, and must not reconnect with the same token.
+    pub fn ends_session(self) -> bool {
+        matches!(self, CloseReason::Revoked | CloseReason::Expired)
+    }
+
+    /// The reason stored as `raw` (`reason as u8`); None for 0 or an unknown value.
+    pub fn from_u8(raw: u8) -> Option<CloseReason> {
         match raw {
             1 => Some(CloseReason::SlowConsumer),
             2 => Some(CloseReason::Revoked),
+            3 => Some(CloseReason::Expired),
+            4 => Some(CloseReason::RateLimited),
             _ => None,
         }
     }
+}
+
+/// How long a connection closed for a reason the client may still learn about (a session
+/// that ended, a request rate exceeded) has to take what was queued for it before its TCP
+/// connection is closed.
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Closes `conn` at the transport level after [`CLOSE_GRACE`] (a no-op if it is gone by then).
+pub fn close_after_grace(conn: &ConnHandle) {
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(CLOSE_GRACE).await;
+        conn.close();
+    });
 }
 
 /// The limits of one connection's outbound queue.
@@ -146,10 +175,16 @@ impl Outbound {
         }
     }
 
-    /// Asks to hand `bytes` to the connection; counts them when admitted.
+    /// Asks to hand `bytes` to the connection; counts them when admitted. Refused once the
+    /// connection is closing (except for its request rate, see [`CLOSE_GRACE`]).
     pub fn admit(&self, bytes: usize) -> Admission {
         let bytes = bytes as u64;
-        if self.closing().is_some() {
+        // A connection closed for its request rate still gets what comes during its grace
+        // (the replies to the requests it had queued, within its budget).
+        if self
+            .closing()
+            .is_some_and(|reason| reason != CloseReason::RateLimited)
+        {
             return Admission::Closing;
         }
         if bytes > self.budget.bytes {
@@ -229,5 +264,9 @@ mod tests {
         assert!(!out.start_closing(CloseReason::Revoked));
         assert_eq!(out.closing(), Some(CloseReason::SlowConsumer));
         assert_eq!(out.admit(1), Admission::Closing);
+        // Closed for its request rate: what comes during the grace is still handed over.
+        let out = budget(100);
+        assert!(out.start_closing(CloseReason::RateLimited));
+        assert_eq!(out.admit(1), Admission::Admitted);
     }
 }

@@ -251,13 +251,19 @@ pub async fn users_login(
     })))
 }
 
-/// Logs out → 204; the token dies and its sockets are disconnected on every node.
+/// Logs out → 204; the token dies and its sessions end on every node. Safe to retry: the
+/// revocation is published *before* the token is deleted, so when either step fails (503)
+/// the token is still valid and a retry does both again; it is published once more after
+/// the delete (best effort), for a client that re-authenticated in between.
 pub async fn users_logout(
     State(state): State<AppState>,
     Authed(session, _token): Authed,
 ) -> Result<impl IntoResponse, AppError> {
-    state.stores.tokens.revoke(&session.token_hash).await?;
     publish_revocation(&state, &session.token_hash).await?;
+    state.stores.tokens.revoke(&session.token_hash).await?;
+    if let Err(err) = publish_revocation(&state, &session.token_hash).await {
+        tracing::warn!(%err, "second revocation message not sent; re-validation covers it");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

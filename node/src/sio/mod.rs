@@ -10,6 +10,7 @@
 
 pub mod chat;
 pub mod idle;
+pub mod polling;
 pub mod pubsub;
 pub mod stream;
 

@@ -25,9 +25,10 @@ use socketioxide::{SendError, SocketError};
 use socketioxide_parser_common::event_json;
 use tracing::Instrument;
 
+use super::polling::PollingCloser;
 use super::{conn_key, disconnect_label, websocket_conn};
 use crate::auth::{Credentials, Session};
-use crate::client::{Client, ClientKind, Reply, Responder, Transport};
+use crate::client::{Client, ClientKind, Reply, RequestLimiter, Responder, Transport};
 use crate::delivery::close_socket;
 use crate::delivery::outbound::{CloseReason, Outbound};
 use crate::error::AppError;
@@ -46,6 +47,7 @@ struct SocketTransport {
     io: Io,
     sid: Sid,
     outbound: Arc<Outbound>,
+    polling: Option<PollingCloser>,
 }
 
 impl SocketTransport {
@@ -69,7 +71,7 @@ impl Transport for SocketTransport {
 
     fn close(&self, reason: CloseReason) {
         if let Some(socket) = self.socket() {
-            close_socket(&socket, &self.outbound, reason);
+            close_socket(&socket, &self.outbound, reason, self.polling.as_ref());
         }
     }
 
@@ -130,12 +132,14 @@ pub async fn on_connect_middleware(
         io,
         sid: socket.id,
         outbound: outbound.clone(),
+        polling: state.delivery.polling_closer().cloned(),
     };
     let client = Client::new(
         conn_key(&state, &socket),
         ClientKind::SocketIo,
         Box::new(transport),
         outbound.clone(),
+        RequestLimiter::new(&state.cfg),
     );
     let auth = auth.unwrap_or(Value::Null);
     if Credentials::present_in(&auth)
@@ -250,7 +254,7 @@ fn ack_responder(
         match ack.send(&body) {
             Err(SendError::Socket(SocketError::InternalChannelFull)) => {
                 metrics.messages_dropped(DropTransport::SocketIo, DropReason::SlowConsumer, 1);
-                close_socket(&socket, &outbound, CloseReason::SlowConsumer);
+                close_socket(&socket, &outbound, CloseReason::SlowConsumer, None);
             }
             Err(SendError::Socket(SocketError::Closed)) => {
                 metrics.messages_dropped(DropTransport::SocketIo, DropReason::Closed, 1);

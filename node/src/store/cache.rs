@@ -42,11 +42,15 @@ impl CachedTokenStore {
     }
 }
 
+/// When a token expires: its `created` plus `ttl` (None when `created` does not parse).
+pub fn expires_at(record: &TokenRecord) -> Option<SystemTime> {
+    let created = humantime::parse_rfc3339_weak(&record.created).ok()?;
+    created.checked_add(Duration::from_secs(record.ttl))
+}
+
 /// Time left before a token expires, from its `created` and `ttl`.
 fn remaining(record: &TokenRecord) -> Option<Duration> {
-    let created = humantime::parse_rfc3339_weak(&record.created).ok()?;
-    let expires = created + Duration::from_secs(record.ttl);
-    expires.duration_since(SystemTime::now()).ok()
+    expires_at(record)?.duration_since(SystemTime::now()).ok()
 }
 
 #[async_trait]

@@ -14,6 +14,9 @@ const { startRedis, startCluster } = require('../lib/redis');
 const { wsClient, stalledSocketIo, stalledWs } = require('../lib/ws');
 
 const range = (n) => Array.from({ length: n }, (_, i) => i);
+// These tests send thousands of back-to-back requests from one connection on purpose: their
+// nodes raise the per-connection request rate (default 100/s, burst 200) far above that.
+const UNTHROTTLED = { FANOUT_CLIENT_RATE: '1000000', FANOUT_CLIENT_BURST: '100000' };
 
 /** Resident memory of a process in bytes (Linux). */
 function rss(pid) {
@@ -73,7 +76,7 @@ describe('per-connection order across a cluster', () => {
   let nodes;
 
   before(async () => {
-    cluster = await startCluster(3, 'order');
+    cluster = await startCluster(3, 'order', UNTHROTTLED);
     ({ redis, nodes } = cluster);
   });
 
@@ -163,7 +166,7 @@ describe('slow consumers are isolated and closed', () => {
 
   before(async () => {
     // A message cap far above N: only the byte budget (default 1 MiB) protects the node.
-    node = await startNode({ env: { FANOUT_CLIENT_QUEUE_MESSAGES: '100000' }, args: ['--node-id', 'slow'] });
+    node = await startNode({ env: { FANOUT_CLIENT_QUEUE_MESSAGES: '100000', ...UNTHROTTLED }, args: ['--node-id', 'slow'] });
   });
 
   after(async () => {
