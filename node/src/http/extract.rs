@@ -16,34 +16,40 @@ use serde::de::DeserializeOwned;
 use crate::auth::Session;
 use crate::error::{AppError, Code};
 use crate::listener::TrackedAddr;
+use crate::peer::TrustedProxies;
 use crate::state::AppState;
 
 /// The address of the client that sent a request, as throttles see it.
 pub struct ClientIp(pub IpAddr);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
-        Ok(ClientIp(client_ip(parts)))
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Infallible> {
+        let proxies = TrustedProxies::new(state.cfg.trusted_proxies.0.clone());
+        Ok(ClientIp(client_ip(parts, &proxies)))
     }
 }
 
-/// The client's address: the TCP peer of the connection the request came on. Headers such as
-/// `X-Forwarded-For` are not read: any client can set them, so behind a load balancer every
-/// client counts as the balancer's address until trusted proxies are configured. IPv4-mapped
-/// IPv6 peers count as their IPv4 address. Without connect info (a router served without it,
-/// in tests) every request counts as `0.0.0.0`.
-pub fn client_ip(parts: &Parts) -> IpAddr {
+/// The client's address: the TCP peer of the connection the request came on, or — when that
+/// peer is one of `FANOUT_TRUSTED_PROXIES` — the client it forwarded for (the right-most
+/// `X-Forwarded-For` entry that is not a trusted proxy; see [`TrustedProxies::client_ip`]).
+/// `X-Forwarded-For` from any other peer is ignored: any client can set it. IPv4-mapped IPv6
+/// peers count as their IPv4 address. Without connect info (a router served without it, in
+/// tests) every request counts as `0.0.0.0`.
+pub fn client_ip(parts: &Parts, proxies: &TrustedProxies) -> IpAddr {
     let peer = parts
         .extensions
         .get::<axum::extract::ConnectInfo<TrackedAddr>>()
         .map(|info| info.0.peer.ip());
-    match peer {
-        Some(IpAddr::V6(v6)) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        Some(ip) => ip,
-        None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-    }
+    let Some(peer) = peer else {
+        return IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    };
+    let peer = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        ip => ip,
+    };
+    proxies.client_ip(peer, &parts.headers).unwrap_or(peer)
 }
 
 /// A JSON body whose rejection is an [`AppError`].
@@ -137,7 +143,9 @@ mod tests {
     }
 
     #[test]
-    fn client_ip_is_the_tcp_peer() {
+    fn client_ip_is_the_tcp_peer_unless_a_trusted_proxy_forwarded() {
+        let none = TrustedProxies::new(vec![]);
+        let client_ip = |p: &Parts| super::client_ip(p, &none);
         let mut p = parts(None, "/");
         assert_eq!(client_ip(&p), IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let peer = |addr: &str| {
@@ -154,5 +162,12 @@ mod tests {
         assert_eq!(client_ip(&p), "10.0.0.7".parse::<IpAddr>().unwrap());
         p.extensions.insert(peer("[2001:db8::1]:5000"));
         assert_eq!(client_ip(&p), "2001:db8::1".parse::<IpAddr>().unwrap());
+        // From a trusted proxy, the client it forwarded for.
+        let lb = TrustedProxies::new(vec!["127.0.0.2/32".parse().unwrap()]);
+        p.extensions.insert(peer("127.0.0.2:5000"));
+        assert_eq!(
+            super::client_ip(&p, &lb),
+            "10.9.9.9".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -226,6 +226,28 @@ describe('slow consumers are isolated and closed', () => {
     // Without the byte budget the two stalled readers alone would hold ~2 × 320 MB.
     assert.ok(grew < 96 * 1024 * 1024, `RSS grew by ${(grew / 1048576).toFixed(1)} MiB`);
   });
+  it('a long-polling reader that keeps polling gets megabytes without being taken for a slow one', async () => {
+    // Its polls come on any connection: only the message cap applies, never the byte budget.
+    const user = await newUser(node.url, 'poller');
+    const publisher = await connectAuthed(node.url, user.token);
+    const poller = await connectAuthed(node.url, user.token, { transports: ['polling'] });
+    const got = [];
+    poller.on('big-poll', (data) => got.push(data.i));
+    await subscribe(poller, 'big-poll');
+    const before = await metrics(node.url);
+    const pad = 'p'.repeat(64 * 1024);
+    for (let i = 0; i < 48; i += 1) { // 3 MiB in all, 3 × the byte budget
+      assert.deepEqual(await emitAck(publisher, 'publish', { topic: 'big-poll', data: { i, pad } }, 10_000), { ok: true });
+      await waitUntil(() => got.length > i, 10_000, `message ${i} by polling`);
+    }
+    assert.deepEqual(got, range(48));
+    const after = await metrics(node.url);
+    assert.equal(
+      metricSum(after, 'fanout_disconnections_total', { reason: 'slow_consumer' }),
+      metricSum(before, 'fanout_disconnections_total', { reason: 'slow_consumer' }),
+    );
+    assert.equal(poller.connected, true);
+  });
 });
 
 describe('every drop is counted', () => {
