@@ -76,7 +76,7 @@ fn json_rejection(rejection: JsonRejection) -> AppError {
 }
 
 /// The caller's session, from a valid access token.
-pub struct Authed(pub Session, pub String);
+pub struct Authed(pub Session);
 
 impl FromRequestParts<AppState> for Authed {
     type Rejection = AppError;
@@ -85,7 +85,7 @@ impl FromRequestParts<AppState> for Authed {
         let token = token_from_parts(parts)
             .ok_or_else(|| AppError::unauthorized("an access token is required"))?;
         match state.auth.authenticate(Some(&token), None).await {
-            Ok(session) => Ok(Authed(session, token)),
+            Ok(session) => Ok(Authed(session)),
             Err(failure) => {
                 state.metrics.auth_failed(failure.as_str());
                 Err(failure.to_app_error())

@@ -100,7 +100,7 @@ pub async fn models_list(
 /// `POST /api/models/{Model}` → 201 with the record; publishes `/Model/POST`.
 pub async fn models_create(
     State(state): State<AppState>,
-    Authed(session, _): Authed,
+    Authed(session): Authed,
     Path(model): Path<String>,
     AppJson(body): AppJson<Value>,
 ) -> Result<impl IntoResponse, AppError> {
@@ -139,7 +139,7 @@ pub async fn models_get(
 /// `PUT /api/models/{Model}/{id}`: replaces the record (kept owner); publishes `/Model/<id>/PUT`.
 pub async fn models_replace(
     State(state): State<AppState>,
-    Authed(session, _): Authed,
+    Authed(session): Authed,
     Path((model, id)): Path<(String, String)>,
     AppJson(body): AppJson<Value>,
 ) -> Result<impl IntoResponse, AppError> {
@@ -161,7 +161,7 @@ pub async fn models_replace(
 /// `PATCH /api/models/{Model}/{id}`: merges fields; publishes `/Model/<id>/PUT`.
 pub async fn models_patch(
     State(state): State<AppState>,
-    Authed(session, _): Authed,
+    Authed(session): Authed,
     Path((model, id)): Path<(String, String)>,
     AppJson(body): AppJson<Value>,
 ) -> Result<impl IntoResponse, AppError> {
@@ -184,7 +184,7 @@ pub async fn models_patch(
 /// the deleted record.
 pub async fn models_delete(
     State(state): State<AppState>,
-    Authed(session, _): Authed,
+    Authed(session): Authed,
     Path((model, id)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, AppError> {
     let (model, id) = (model_name(&model)?, record_id(&id)?);

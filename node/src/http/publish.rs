@@ -17,7 +17,7 @@ use crate::topics::authorize_publish;
 /// Publishes to a topic on behalf of the token's user (model topics: 403).
 pub async fn publish_post(
     State(state): State<AppState>,
-    Authed(session, _): Authed,
+    Authed(session): Authed,
     AppJson(body): AppJson<Value>,
 ) -> Result<impl IntoResponse, AppError> {
     let (topic, data) = publish_request(body)?;

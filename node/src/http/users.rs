@@ -257,7 +257,7 @@ pub async fn users_login(
 /// the delete (best effort), for a client that re-authenticated in between.
 pub async fn users_logout(
     State(state): State<AppState>,
-    Authed(session, _token): Authed,
+    Authed(session): Authed,
 ) -> Result<impl IntoResponse, AppError> {
     publish_revocation(&state, &session.token_hash).await?;
     state.stores.tokens.revoke(&session.token_hash).await?;
