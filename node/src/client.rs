@@ -242,24 +242,9 @@ impl Client {
         CloseReason::from_u8(self.ended.load(Ordering::Acquire))
     }
 
-    /// Identifies the connection cluster-wide (presence).
-    pub fn key(&self) -> &ConnKey {
-        &self.key
-    }
-
-    /// The connection's outbound budget.
-    pub fn outbound(&self) -> &Arc<Outbound> {
-        &self.outbound
-    }
-
     /// The session, once authenticated.
     pub fn session(&self) -> Option<Session> {
         lock(&self.session).clone()
-    }
-
-    /// The topics subscribed to, sorted.
-    pub fn topics(&self) -> Vec<Topic> {
-        lock(&self.topics).iter().cloned().collect()
     }
 
     /// Queues a request; it is applied after every request queued before it. Returns the
@@ -507,11 +492,6 @@ impl Client {
         let msg = TopicMessage::new(topic, data)?;
         state.delivery.publish(&msg, self.kind.source()).await?;
         Ok(Reply::Done(json!({ "ok": true })))
-    }
-
-    /// Closes the connection for `reason` (the transport decides how).
-    pub fn close(&self, reason: CloseReason) {
-        self.transport.close(reason);
     }
 
     /// Ends the session for `reason` (its token was revoked or expired): from now on every

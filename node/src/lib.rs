@@ -1,6 +1,10 @@
 //! fanout-node: a Socket.IO / WebSocket pub/sub node with REST API, auth, topics and metrics.
 //!
 //! # Layout
+//! The library's API is [`build`], [`serve`], [`config`], [`methods`] (your RPC methods),
+//! [`state`], [`error`], [`auth`], [`store`], [`metrics`] and [`shutdown`]; the other modules
+//! are private to the node.
+//!
 //! - [`config`]: flags and `FANOUT_*` variables.
 //! - [`state`]: [`state::AppState`], shared by every handler.
 //! - [`error`]: error codes and the `{ error: { code, message } }` shape.
@@ -39,29 +43,29 @@
 //! [`serve`] runs a node on a listener and returns after a graceful shutdown.
 
 pub mod auth;
-pub mod bus;
-pub mod client;
+mod bus;
+mod client;
 pub mod config;
-pub mod connections;
-pub mod delivery;
-pub mod email;
+mod connections;
+mod delivery;
+mod email;
 pub mod error;
-pub mod events;
-pub mod http;
-pub mod io;
-pub mod listener;
+mod events;
+mod http;
+mod io;
+mod listener;
 pub mod methods;
 pub mod metrics;
-pub mod peer;
-pub mod request;
-pub mod server;
-pub mod sessions;
+mod peer;
+mod request;
+mod server;
+mod sessions;
 pub mod shutdown;
-pub mod sio;
+mod sio;
 pub mod state;
 pub mod store;
-pub mod topics;
-pub mod ws;
+mod topics;
+mod ws;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -232,11 +232,6 @@ impl TrackedListener {
         }
     }
 
-    /// The address the listener is bound to.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-
     fn refuse(&self, peer: SocketAddr, refusal: Refusal) {
         self.metrics.connection_refused(refusal);
         if self.refusal_logs.check().is_ok() {

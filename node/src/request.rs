@@ -70,12 +70,6 @@ impl Request {
         };
         Request::parse(&name, items.next().unwrap_or(Value::Null))
     }
-
-    /// True for the requests a connection applies strictly in the order it sent them
-    /// (everything but method calls, which start in order and then run concurrently).
-    pub fn is_ordered(&self) -> bool {
-        !matches!(self, Request::Call { .. })
-    }
 }
 
 /// Reads `{ topic, data }` (client publishes and `POST /api/publish` share it).
@@ -268,19 +262,6 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn order_applies_to_everything_but_calls() {
-        assert!(Request::UnsubscribeAll.is_ordered());
-        assert!(Request::Subscribe(topic("t")).is_ordered());
-        assert!(
-            !Request::Call {
-                method: "time".into(),
-                args: Value::Null
-            }
-            .is_ordered()
-        );
     }
 
     #[test]
