@@ -6,6 +6,7 @@ const { spawn } = require('node:child_process');
 const net = require('node:net');
 const path = require('node:path');
 const crypto = require('node:crypto');
+const http = require('node:http');
 const { io } = require('socket.io-client');
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
@@ -166,6 +167,43 @@ async function api(base, method, urlPath, body, token, { headers = {}, timeoutMs
     /* not JSON */
   }
   return { status: res.status, body: parsed, text, headers: res.headers };
+}
+
+/** Like h.api, but from a chosen local address. Returns { status, body, headers, ms }. */
+function apiFrom(localAddress, base, method, path, body, token) {
+  return new Promise((resolve, reject) => {
+    const url = new URL(base + path);
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const headers = {};
+    if (payload) {
+      headers['content-type'] = 'application/json';
+      headers['content-length'] = payload.length;
+    }
+    if (token) headers.authorization = token;
+    const started = process.hrtime.bigint();
+    const req = http.request(
+      { host: url.hostname, port: url.port, path: url.pathname + url.search, method, headers, localAddress, agent: false, timeout: 20_000 },
+      (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => {
+          const ms = Number(process.hrtime.bigint() - started) / 1e6;
+          const text = Buffer.concat(chunks).toString();
+          let parsed = text;
+          try {
+            parsed = text.length ? JSON.parse(text) : null;
+          } catch {
+            /* not JSON */
+          }
+          resolve({ status: res.statusCode, body: parsed, text, headers: res.headers, ms });
+        });
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`${method} ${path} from ${localAddress}: timeout`)));
+    req.on('error', reject);
+    if (payload) req.write(payload);
+    req.end();
+  });
 }
 
 let userCounter = 0;
@@ -345,6 +383,7 @@ module.exports = {
   freePort,
   startNode,
   api,
+  apiFrom,
   raw,
   uniqueName,
   createUser,

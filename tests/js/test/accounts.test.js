@@ -10,48 +10,12 @@
 
 const { describe, it, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
-const http = require('node:http');
 const h = require('../lib/node');
 const { startRedis } = require('../lib/redis');
 
 const ABSENCE_MS = 300;
 
-/** Like h.api, but from a chosen local address. Returns { status, body, headers, ms }. */
-function apiFrom(localAddress, base, method, path, body, token) {
-  return new Promise((resolve, reject) => {
-    const url = new URL(base + path);
-    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const headers = {};
-    if (payload) {
-      headers['content-type'] = 'application/json';
-      headers['content-length'] = payload.length;
-    }
-    if (token) headers.authorization = token;
-    const started = process.hrtime.bigint();
-    const req = http.request(
-      { host: url.hostname, port: url.port, path: url.pathname + url.search, method, headers, localAddress, agent: false, timeout: 20_000 },
-      (res) => {
-        const chunks = [];
-        res.on('data', (c) => chunks.push(c));
-        res.on('end', () => {
-          const ms = Number(process.hrtime.bigint() - started) / 1e6;
-          const text = Buffer.concat(chunks).toString();
-          let parsed = text;
-          try {
-            parsed = text.length ? JSON.parse(text) : null;
-          } catch {
-            /* not JSON */
-          }
-          resolve({ status: res.statusCode, body: parsed, text, headers: res.headers, ms });
-        });
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error(`${method} ${path} from ${localAddress}: timeout`)));
-    req.on('error', reject);
-    if (payload) req.write(payload);
-    req.end();
-  });
-}
+const { apiFrom } = h;
 
 const signup = (addr, base, username, password = 'secret123') =>
   apiFrom(addr, base, 'POST', '/api/users', { username, email: `${username}@example.com`, password });

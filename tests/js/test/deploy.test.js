@@ -8,7 +8,7 @@
 const { describe, it, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const {
-  api, newUser, connect, rawSocket, closeAll, emitAck, collect, subscribe, waitUntil, sleep,
+  api, apiFrom, newUser, connect, rawSocket, closeAll, emitAck, collect, subscribe, waitUntil, sleep,
   metrics, metricValue, once,
 } = require('../lib/node');
 const { startDeployment, pidAlive, promQuery, eventually } = require('../lib/deploy');
@@ -320,6 +320,24 @@ describe('local deployment: HAProxy (sticky) → 3 nodes → Redis, scraped by P
     assert.ok(!log.includes(u.token), 'the access token is in the HAProxy log');
     assert.doesNotMatch(log, /access_token/);
     assert.match(log, /"GET \/metrics HTTP\/1\.1"/, 'the denied /metrics requests are logged (without query)');
+  });
+
+  it('through the balancer, the login throttle counts each client, not the balancer', async () => {
+    // Unknown users (no per-account budget involved) from one source address until every node
+    // throttles it (6 refusals in a row); then another address still logs in. Were the nodes
+    // counting the balancer's address, that login would be refused too.
+    let throttled = null;
+    let inARow = 0;
+    for (let i = 0; i < 800 && inARow < 6; i += 1) {
+      const r = await apiFrom('127.0.0.2', dep.lb, 'POST', '/api/users/login', { username: `nobody-${i}`, password: 'wrong-password' });
+      assert.ok([401, 429].includes(r.status), `${r.status} ${r.text}`);
+      inARow = r.status === 429 ? inARow + 1 : 0;
+      if (r.status === 429) throttled = r;
+    }
+    assert.equal(inARow, 6, 'one address ran out of login attempts on every node');
+    assert.ok(Number(throttled.headers['retry-after']) >= 1);
+    const ok = await apiFrom('127.0.0.3', dep.lb, 'POST', '/api/users/login', { username: user.username, password: user.password });
+    assert.equal(ok.status, 200, `another client behind the same balancer: ${ok.status} ${ok.text}`);
   });
 
   it('SIGTERM on one node: its clients reconnect through the balancer and keep receiving', async () => {
