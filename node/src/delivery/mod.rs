@@ -284,15 +284,21 @@ impl Delivery {
             return tally;
         }
         let size = msg.socketio_size();
+        let polling = self.polling.get();
         for socket in sockets {
-            tally.count(emit_within_budget(&socket, msg, size));
+            tally.count(emit_within_budget(&socket, msg, size, polling));
         }
         tally
     }
 }
 
 /// Emits a topic message to one socket within its budget; closes it when over.
-fn emit_within_budget(socket: &NodeSocket, msg: &TopicMessage, size: usize) -> Admission {
+fn emit_within_budget(
+    socket: &NodeSocket,
+    msg: &TopicMessage,
+    size: usize,
+    polling: Option<&PollingCloser>,
+) -> Admission {
     let Some(outbound) = socket.extensions.get::<Arc<Outbound>>() else {
         // Every socket of namespace `/` gets a budget when it connects; one without is
         // still connecting: nothing to deliver yet.
@@ -301,7 +307,7 @@ fn emit_within_budget(socket: &NodeSocket, msg: &TopicMessage, size: usize) -> A
     match outbound.admit(size) {
         Admission::Admitted => {}
         Admission::OverBudget => {
-            close_socket(socket, &outbound, CloseReason::SlowConsumer, None);
+            close_socket(socket, &outbound, CloseReason::SlowConsumer, polling);
             return Admission::OverBudget;
         }
         other => return other,
@@ -317,7 +323,7 @@ fn emit_within_budget(socket: &NodeSocket, msg: &TopicMessage, size: usize) -> A
         }
         Err(SendError::Socket(SocketError::InternalChannelFull)) => {
             outbound.unadmit(size);
-            close_socket(socket, &outbound, CloseReason::SlowConsumer, None);
+            close_socket(socket, &outbound, CloseReason::SlowConsumer, polling);
             Admission::OverBudget
         }
         Err(err) => {
@@ -330,8 +336,8 @@ fn emit_within_budget(socket: &NodeSocket, msg: &TopicMessage, size: usize) -> A
 
 /// Closes a Socket.IO socket for `reason`.
 ///
-/// - A slow consumer is closed at the transport level (its TCP connection), so the stock
-///   client reconnects and resubscribes.
+/// - A slow consumer is closed at the transport level (its TCP connection, or its Engine.IO
+///   session on long-polling), so the stock client reconnects and resubscribes.
 /// - A session that ended (token revoked or expired) gets a Socket.IO DISCONNECT, so the
 ///   client does not reconnect with its dead token — but only when nothing unread is waiting
 ///   ahead of it; a client that stopped reading, or whose buffer cannot take the packet, is
@@ -340,11 +346,12 @@ fn emit_within_budget(socket: &NodeSocket, msg: &TopicMessage, size: usize) -> A
 /// - A connection over its request rate is closed at the transport level after
 ///   [`outbound::CLOSE_GRACE`], so the `rate_limited` errors already queued can reach it.
 ///
-/// A long-polling socket has no connection of its own: it gets the DISCONNECT (any reason but
-/// a slow consumer); when even that cannot be queued (a client that stopped polling) it
-/// leaves every room at once and its Engine.IO session is closed through `polling`
-/// ([`PollingCloser`]); without one, the next Engine.IO heartbeat ends it. Whatever the transport does, the client core refuses every request of an ended
-/// session from the moment it ended ([`crate::client::Client::end`]).
+/// A long-polling socket has no connection of its own: a slow consumer, or a session whose
+/// DISCONNECT cannot be queued (a client that stopped polling), leaves every room at once and
+/// its Engine.IO session is closed through `polling` ([`PollingCloser`]); without one, the
+/// next Engine.IO heartbeat ends it. Whatever the transport does, the client core refuses
+/// every request of an ended session from the moment it ended
+/// ([`crate::client::Client::end`]).
 pub fn close_socket(
     socket: &NodeSocket,
     outbound: &Outbound,
@@ -372,7 +379,8 @@ pub fn close_socket(
         }
         return;
     }
-    if reason != CloseReason::SlowConsumer && socket.clone().disconnect().is_err() {
+    let told = reason != CloseReason::SlowConsumer && socket.clone().disconnect().is_ok();
+    if !told {
         socket.leave_all();
         if let Some(polling) = polling {
             polling.close(socket);

@@ -12,8 +12,8 @@
 //!   ([`ConnHandle::written`]); once the socket is linked to it ([`Outbound::link`]), bytes
 //!   handed over minus bytes written is what waits in socketioxide's queue.
 //! - Socket.IO over HTTP long-polling: the poll requests come on any connection, so only the
-//!   message cap applies (socketioxide's per-socket buffer); a stalled poller is closed by the
-//!   Engine.IO heartbeat, whose ping no longer fits in the full buffer.
+//!   message cap applies (socketioxide's per-socket buffer); a poller over it has its
+//!   Engine.IO session closed in process (`crate::sio::polling`).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};

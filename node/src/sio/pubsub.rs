@@ -254,7 +254,8 @@ fn ack_responder(
         match ack.send(&body) {
             Err(SendError::Socket(SocketError::InternalChannelFull)) => {
                 metrics.messages_dropped(DropTransport::SocketIo, DropReason::SlowConsumer, 1);
-                close_socket(&socket, &outbound, CloseReason::SlowConsumer, None);
+                let polling = state.delivery.polling_closer();
+                close_socket(&socket, &outbound, CloseReason::SlowConsumer, polling);
             }
             Err(SendError::Socket(SocketError::Closed)) => {
                 metrics.messages_dropped(DropTransport::SocketIo, DropReason::Closed, 1);

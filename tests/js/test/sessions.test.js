@@ -363,4 +363,23 @@ describe('a long-polling session whose buffer is full', () => {
     await res.text();
     assert.equal(res.status, 400);
   });
+
+  it('one message over its cap makes it a slow consumer, closed at once (not at its heartbeat)', async () => {
+    const u = await newUser(node.url, 'pollslow');
+    const topic = uniqueName('ps');
+    const stalled = await stalledPolling(node.url, u.token, topic);
+    const before = await disconnections([node], '/', 'slow_consumer');
+    const t0 = Date.now();
+    for (let i = 0; i <= CAP; i += 1) {
+      assert.equal((await api(node.url, 'POST', '/api/publish', { topic, data: i }, u.token)).status, 202);
+    }
+    await eventually('the stalled poller closed as a slow consumer', 1000, async () => {
+      const now = await disconnections([node], '/', 'slow_consumer');
+      return now[0] - before[0] === 1 || now;
+    });
+    assert.ok(Date.now() - t0 <= 2000);
+    const res = await fetch(stalled.url, { signal: AbortSignal.timeout(3000) });
+    await res.text();
+    assert.equal(res.status, 400, 'its Engine.IO session is gone');
+  });
 });
