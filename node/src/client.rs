@@ -56,6 +56,10 @@ use crate::topics::{Topic, authorize_publish, authorize_subscribe};
 pub const MAX_TOPICS_PER_CONNECTION: usize = 1024;
 /// Most requests of one connection waiting to be applied; further ones are refused.
 pub const MAX_PENDING_REQUESTS: usize = 4096;
+/// Bytes of requests of one connection waiting to be applied, in units of
+/// `FANOUT_MAX_PAYLOAD`: what a connection can make the node hold while its requests wait
+/// (on a slow Redis, say) is bounded by size too, not only by count.
+pub const MAX_PENDING_PAYLOADS: usize = 2;
 
 /// What the client core needs from a transport.
 pub trait Transport: Send + Sync + 'static {
@@ -127,11 +131,15 @@ pub type Responder = Box<dyn FnOnce(Result<Reply, AppError>) + Send>;
 struct Job {
     request: Request,
     reply: Responder,
+    /// Size of the request as received (bytes).
+    size: usize,
 }
 
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
+    /// Sum of the waiting jobs' sizes.
+    bytes: usize,
     draining: bool,
 }
 
@@ -247,7 +255,8 @@ impl Client {
         lock(&self.session).clone()
     }
 
-    /// Queues a request; it is applied after every request queued before it. Returns the
+    /// Queues a request of `size` bytes as received; it is applied after every request queued
+    /// before it. Returns the
     /// future that drains the queue when nobody is draining it yet: the caller runs it (the
     /// Socket.IO handler task) or spawns it.
     #[must_use = "run or spawn the drain future, or the request is never applied"]
@@ -255,6 +264,7 @@ impl Client {
         self: &Arc<Self>,
         state: &AppState,
         request: Result<Request, AppError>,
+        size: usize,
         reply: Responder,
     ) -> Option<impl Future<Output = ()> + Send + 'static> {
         state.metrics.event_received(match self.kind {
@@ -292,17 +302,25 @@ impl Client {
                 return None;
             }
         };
+        let max_bytes = MAX_PENDING_PAYLOADS * state.cfg.max_payload;
         let mut queue = lock(&self.queue);
-        if queue.jobs.len() >= MAX_PENDING_REQUESTS {
+        if queue.jobs.len() >= MAX_PENDING_REQUESTS || queue.bytes + size > max_bytes {
             drop(queue);
             let err = AppError::new(
                 Code::Unavailable,
-                format!("more than {MAX_PENDING_REQUESTS} requests pending on this connection"),
+                format!(
+                    "too many requests pending on this connection (at most {MAX_PENDING_REQUESTS}, {max_bytes} bytes): wait for replies"
+                ),
             );
             self.answer(state, reply, Err(err));
             return None;
         }
-        queue.jobs.push_back(Job { request, reply });
+        queue.bytes += size;
+        queue.jobs.push_back(Job {
+            request,
+            reply,
+            size,
+        });
         if queue.draining {
             return None;
         }
@@ -316,7 +334,10 @@ impl Client {
             let job = {
                 let mut queue = lock(&self.queue);
                 match queue.jobs.pop_front() {
-                    Some(job) => job,
+                    Some(job) => {
+                        queue.bytes -= job.size;
+                        job
+                    }
                     None => {
                         queue.draining = false;
                         return;
@@ -327,7 +348,7 @@ impl Client {
         }
     }
 
-    async fn apply(self: &Arc<Self>, state: &AppState, Job { request, reply }: Job) {
+    async fn apply(self: &Arc<Self>, state: &AppState, Job { request, reply, .. }: Job) {
         if self.gone.load(Ordering::Acquire) {
             return;
         }
@@ -514,7 +535,11 @@ impl Client {
         if let Some(session) = self.session() {
             state.connections.unregister(&session.token_hash, &self.key);
         }
-        lock(&self.queue).jobs.clear();
+        {
+            let mut queue = lock(&self.queue);
+            queue.jobs.clear();
+            queue.bytes = 0;
+        }
         self.leave_all(state).await;
     }
 }
@@ -582,7 +607,7 @@ mod tests {
         let reply: Responder = Box::new(move |outcome| {
             tx.send(outcome).ok();
         });
-        if let Some(drain) = client.submit(state, Ok(request), reply) {
+        if let Some(drain) = client.submit(state, Ok(request), 64, reply) {
             drain.await;
         }
         tokio::time::timeout(Duration::from_secs(1), rx)
@@ -647,6 +672,48 @@ mod tests {
                 .render()
                 .contains(r#"fanout_bad_input_total{code="rate_limited",origin="ws"} 10"#)
         );
+    }
+
+    #[tokio::test]
+    async fn waiting_requests_are_bounded_in_bytes_not_only_in_count() {
+        let state = state(0, 0, 1).await;
+        let (client, _) = client(&state);
+        let max = MAX_PENDING_PAYLOADS * state.cfg.max_payload;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let reply = || -> Responder {
+            let tx = tx.clone();
+            Box::new(move |outcome| {
+                tx.send(outcome.map_err(|e| e.code)).ok();
+            })
+        };
+        // Nobody drains yet (the drain future is held back): requests wait in the queue.
+        let drain = client.submit(&state, Ok(Request::UnsubscribeAll), max - 10, reply());
+        assert!(drain.is_some());
+        assert!(
+            client
+                .submit(&state, Ok(Request::UnsubscribeAll), 10, reply())
+                .is_none()
+        );
+        assert!(rx.try_recv().is_err(), "both fit: nothing answered yet");
+        assert!(
+            client
+                .submit(&state, Ok(Request::UnsubscribeAll), 1, reply())
+                .is_none()
+        );
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Err(Code::Unavailable),
+            "one byte too many"
+        );
+        if let Some(drain) = drain {
+            drain.await;
+        }
+        // Drained: the two waiting requests were applied and their bytes given back.
+        assert_eq!(rx.try_recv().unwrap(), Err(Code::Unauthorized));
+        assert_eq!(rx.try_recv().unwrap(), Err(Code::Unauthorized));
+        assert_eq!(lock(&client.queue).bytes, 0);
+        let outcome = request(&client, &state, Request::UnsubscribeAll).await;
+        assert_eq!(outcome.unwrap_err().code, Code::Unauthorized, "room again");
     }
 
     #[tokio::test]

@@ -189,14 +189,14 @@ async fn serve(
                     Message::Text(text) => {
                         let frame = WsFrame::parse(text.as_str());
                         let reply = responder(state, outbox.clone(), frame.callback_id);
-                        if let Some(drain) = client.submit(state, frame.request, reply) {
+                        if let Some(drain) = client.submit(state, frame.request, text.len(), reply) {
                             tokio::spawn(drain.in_current_span());
                         }
                     }
                     Message::Binary(_) => {
                         let err = AppError::bad_request("binary frames are not supported: send JSON text");
                         let reply = responder(state, outbox.clone(), Value::Null);
-                        if let Some(drain) = client.submit(state, Err(err), reply) {
+                        if let Some(drain) = client.submit(state, Err(err), 0, reply) {
                             tokio::spawn(drain.in_current_span());
                         }
                     }

@@ -219,6 +219,12 @@ impl FromMessageParts<NodeAdapter> for Queued {
         };
         // The packet's JSON `["name", arg, …]` as the client sent it, decoded here into owned
         // values (see Request::from_socketio_event).
+        let size = match v {
+            PacketValue::Str(raw, bins) => {
+                raw.len() + bins.iter().flatten().map(|b| b.len()).sum::<usize>()
+            }
+            PacketValue::Bytes(bytes) => bytes.len(),
+        };
         let request = match v {
             PacketValue::Str(raw, None) => Request::from_socketio_event(event_json(raw)),
             PacketValue::Str(raw, Some(bins)) if bins.is_empty() => {
@@ -229,7 +235,7 @@ impl FromMessageParts<NodeAdapter> for Queued {
             )),
         };
         let reply = ack_responder(&state, socket, outbound, ack);
-        let drain = client.submit(&state, request, reply);
+        let drain = client.submit(&state, request, size, reply);
         Ok(Queued(Mutex::new(
             drain.map(|d| Box::pin(d) as DrainFuture),
         )))
