@@ -375,6 +375,17 @@ function metricValue(text, sample) {
   return undefined;
 }
 
+/** Sum of every sample of `name` whose labels include all of `labels` (none: every sample). */
+function metricSum(text, name, labels = {}) {
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
+    const want = Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`));
+    if (want) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return sum;
+}
+
 module.exports = {
   BIN,
   HOST,
@@ -402,4 +413,5 @@ module.exports = {
   subscribe,
   metrics,
   metricValue,
+  metricSum,
 };

@@ -8,7 +8,7 @@ const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const {
   startNode, api, newUser, connectAuthed, closeAll, emitAck, collect, subscribe, waitUntil,
-  sleep, metrics, metricValue,
+  sleep, metrics, metricValue, metricSum,
 } = require('../lib/node');
 const { startRedis, startCluster } = require('../lib/redis');
 const { wsClient, stalledSocketIo, stalledWs } = require('../lib/ws');
@@ -23,17 +23,6 @@ function rss(pid) {
   const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
   const kb = Number(/VmRSS:\s+(\d+) kB/.exec(status)[1]);
   return kb * 1024;
-}
-
-/** Sum of every sample of `name` whose labels contain all of `labels`. */
-function metricSum(text, name, labels = {}) {
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
-    const ok = Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`));
-    if (ok) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return sum;
 }
 
 /** Subscribes a /ws client (authenticated with `token`) to `topic`; returns it. */

@@ -10,24 +10,13 @@ const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const {
   startNode, api, login, newUser, connectAuthed, closeAll, once, emitAck, collect, subscribe,
-  metrics, metricValue, sleep, uniqueName,
+  metrics, metricValue, metricSum, sleep, uniqueName,
 } = require('../lib/node');
 const { startRedis } = require('../lib/redis');
 const { wsClient, stalledSocketIo, stalledWs } = require('../lib/ws');
 
 const REVALIDATE_MS = 500;
 const CACHE_MS = 5000; // the token cache's positive TTL (node/src/store/cache.rs)
-
-/** Sum of a counter's samples whose labels include `labels` (no labels: every sample). */
-function metricSum(text, name, labels = {}) {
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
-    const want = Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`));
-    if (want) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return sum;
-}
 
 /** Disconnections with `reason` on namespace `ns` of every node, read now. */
 async function disconnections(nodes, ns, reason) {
