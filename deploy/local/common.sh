@@ -9,7 +9,8 @@
 #                                                 3 masters + 3 replicas (deploy/local/redis-cluster), nodes
 #                                                 in sharded mode (FANOUT_REDIS_URL=redis+cluster://…)
 #   DEPLOY_REDIS_PORT       6380                  single: its port
-#   DEPLOY_REDIS_CLUSTER_PORTS 7101,…,7106        cluster: the 6 ports (each also needs port + 10000)
+#   DEPLOY_REDIS_CLUSTER_PORTS 7101,…,7106        cluster: the 6 ports (each also needs port + 10000),
+#                                                 or free (random free ones)
 #   DEPLOY_LB_PORT          8080                  HAProxy: the address clients use
 #   DEPLOY_LB_STATS_PORT    8404                  HAProxy stats page (/stats) and exporter (/metrics)
 #   DEPLOY_PROMETHEUS_PORT  9090
