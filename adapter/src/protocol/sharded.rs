@@ -293,7 +293,12 @@ pub fn encode_broadcast(msg: &BroadcastMessage, nsp: &str) -> Result<Vec<u8>, En
 pub fn encode_request(req: &WireRequest, nsp: &str) -> Result<Vec<u8>, EncodeError> {
     let uid = req.uid.as_deref().unwrap_or_default();
     let id = || req.request_id.as_deref().map(rmpv::Value::from);
-    let opts = || to_value(&req.opts.clone().unwrap_or_default());
+    // Node always sends `flags` (`{}` when none are set).
+    let opts = || {
+        let mut opts = req.opts.clone().unwrap_or_default();
+        opts.flags.get_or_insert_with(Default::default);
+        to_value(&opts)
+    };
     let rooms = || {
         rmpv::Value::Array(
             req.rooms
