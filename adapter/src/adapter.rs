@@ -36,13 +36,13 @@ use tokio::task::AbortHandle;
 use crate::convert::{opts_to_wire, packet_to_wire};
 use crate::ctr::FanoutAdapterCtr;
 use crate::driver::{Driver, Route, SubId};
-use crate::rooms::{LocalRooms, NsEntry};
 use crate::error::Error;
 use crate::protocol::{
     BroadcastMessage, RequestType, SocketEntry, WireOpts, WireRequest, WireResponse,
 };
-use crate::wire::Wire;
+use crate::rooms::{LocalRooms, NsEntry};
 use crate::sync::lock;
+use crate::wire::Wire;
 
 /// Extra time the remote part of an ack stream waits after the ack timeout, for acks
 /// that were sent in time but are still in flight.
@@ -395,9 +395,11 @@ impl<E: SocketEmitter> CoreAdapter<E> for FanoutAdapter<E> {
         rooms: impl RoomParam,
     ) -> Result<(), Self::Error> {
         let rooms: Vec<Room> = rooms.into_room_iter().collect();
-        self.ctr.track_rooms(self.local.path(), &rooms);
-        self.remote_rooms_op(opts, rooms, RequestType::RemoteJoin)
-            .await
+        let res = self
+            .remote_rooms_op(opts, rooms.clone(), RequestType::RemoteJoin)
+            .await;
+        self.track_joined(&rooms);
+        res
     }
 
     async fn del_sockets(
@@ -512,6 +514,21 @@ impl<E: SocketEmitter> CoreAdapter<E> for FanoutAdapter<E> {
 impl<E> DefinedAdapter for FanoutAdapter<E> {}
 
 impl<E: SocketEmitter> FanoutAdapter<E> {
+    /// Sharded mode: subscribes (in the background) the channels of those of `rooms` that
+    /// now have a local socket, after a join this node did not get through `ensure_room`.
+    pub(crate) fn track_joined(&self, rooms: &[Room]) {
+        if !self.ctr.is_sharded() {
+            return;
+        }
+        let local = self.local_room_names();
+        let joined: Vec<Room> = rooms
+            .iter()
+            .filter(|r| local.contains(r.as_ref()))
+            .cloned()
+            .collect();
+        self.ctr.track_rooms(self.local.path(), &joined);
+    }
+
     /// Every room with a local socket in this namespace.
     fn local_room_names(&self) -> HashSet<String> {
         let mut all = BroadcastOptions::default();

@@ -92,7 +92,10 @@ impl Wire {
     }
 
     /// The channel and bytes of a broadcast without acks.
-    pub(crate) fn broadcast(&self, msg: &BroadcastMessage) -> Result<(String, Vec<u8>), EncodeError> {
+    pub(crate) fn broadcast(
+        &self,
+        msg: &BroadcastMessage,
+    ) -> Result<(String, Vec<u8>), EncodeError> {
         match self {
             Wire::Classic(ch) => Ok((ch.broadcast_channel(&msg.2.rooms), msg.encode()?)),
             Wire::Sharded { channels, nsp, .. } => Ok((

@@ -257,10 +257,7 @@ impl ShardedDriver {
     /// `PUBSUB SHARDNUMSUB channel` summed over every master (a master that does not own the
     /// slot answers 0), like Node's `serverCount()`.
     pub(super) async fn shard_numsub(&self, channel: &str) -> Result<u64, Error> {
-        let cmd = redis::cmd("PUBSUB")
-            .arg("SHARDNUMSUB")
-            .arg(channel)
-            .clone();
+        let cmd = redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(channel).clone();
         let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
         let mut conn = self.inner.commands.clone();
         let value = tokio::time::timeout(

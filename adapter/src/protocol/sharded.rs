@@ -285,7 +285,10 @@ pub fn decode(bytes: &[u8]) -> Result<ShardedEnvelope, ShardedError> {
 /// Encodes a broadcast without acks (type 3); the uid is the message's, `nsp` the sender's.
 pub fn encode_broadcast(msg: &BroadcastMessage, nsp: &str) -> Result<Vec<u8>, EncodeError> {
     let BroadcastMessage(uid, packet, opts) = msg;
-    let data = map(vec![("packet", packet_value(packet)), ("opts", to_value(opts)?)]);
+    let data = map(vec![
+        ("packet", packet_value(packet)),
+        ("opts", to_value(opts)?),
+    ]);
     envelope(ShardedType::Broadcast, data, uid, nsp)
 }
 
@@ -333,10 +336,7 @@ pub fn encode_request(req: &WireRequest, nsp: &str) -> Result<Vec<u8>, EncodeErr
             ShardedType::ServerSideEmit,
             map_opt(vec![
                 ("requestId", id()),
-                (
-                    "packet",
-                    Some(req.data.clone().unwrap_or(rmpv::Value::Nil)),
-                ),
+                ("packet", Some(req.data.clone().unwrap_or(rmpv::Value::Nil))),
             ]),
         ),
         RequestType::Broadcast => {
@@ -362,7 +362,10 @@ pub fn encode_response(res: &WireResponse, uid: &str, nsp: &str) -> Result<Vec<u
     let (kind, data) = match res.kind {
         None if res.sockets.is_some() => (
             ShardedType::FetchSocketsResponse,
-            map(vec![("requestId", id), ("sockets", to_value(&res.sockets)?)]),
+            map(vec![
+                ("requestId", id),
+                ("sockets", to_value(&res.sockets)?),
+            ]),
         ),
         Some(k) if k == RequestType::ServerSideEmit as u8 => (
             ShardedType::ServerSideEmitResponse,
@@ -375,7 +378,10 @@ pub fn encode_response(res: &WireResponse, uid: &str, nsp: &str) -> Result<Vec<u
             ShardedType::BroadcastClientCount,
             map(vec![
                 ("requestId", id),
-                ("clientCount", rmpv::Value::from(res.client_count.unwrap_or(0))),
+                (
+                    "clientCount",
+                    rmpv::Value::from(res.client_count.unwrap_or(0)),
+                ),
             ]),
         ),
         Some(k) if k == RequestType::BroadcastAck as u8 => (
@@ -472,7 +478,10 @@ mod tests {
         assert_eq!(c.own_response, "socket.io#/#63eab8f0648c496b#");
         assert_eq!(c.broadcast_channel(&["r1".into()]), "socket.io#/#r1#");
         assert_eq!(c.broadcast_channel(&[]), "socket.io#/#");
-        assert_eq!(c.broadcast_channel(&["a".into(), "b".into()]), "socket.io#/#");
+        assert_eq!(
+            c.broadcast_channel(&["a".into(), "b".into()]),
+            "socket.io#/#"
+        );
         // Node socket id (20 chars) and socketioxide Sid (16 chars): main channel.
         assert_eq!(
             c.broadcast_channel(&["KZIwqrVp75cAhUSIAAAB".into()]),
@@ -514,7 +523,10 @@ mod tests {
         bin.1.data = rmpv::Value::Array(vec!["ev".into(), rmpv::Value::Binary(vec![1, 2])]);
         let bytes = encode_broadcast(&bin, "/").unwrap();
         assert_eq!(bytes[0], 0x84);
-        assert_eq!(decode(&bytes).unwrap().message, ShardedMessage::Broadcast(bin));
+        assert_eq!(
+            decode(&bytes).unwrap().message,
+            ShardedMessage::Broadcast(bin)
+        );
     }
 
     #[test]
@@ -536,7 +548,9 @@ mod tests {
         let deep = "[".repeat(100_000);
         assert!(decode(format!(r#"{{"type":9,"data":{{"packet":{deep}"#).as_bytes()).is_err());
         assert_eq!(
-            decode(br#"{"type":2,"uid":"x","nsp":"/"}"#).unwrap().message,
+            decode(br#"{"type":2,"uid":"x","nsp":"/"}"#)
+                .unwrap()
+                .message,
             ShardedMessage::Ignored(2)
         );
     }

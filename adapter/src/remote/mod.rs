@@ -32,8 +32,8 @@ use crate::metrics::Metrics;
 use crate::protocol::{
     BroadcastMessage, RequestType, SocketEntry, WireOpts, WirePacket, WireRequest, WireResponse,
 };
-use crate::wire::Incoming;
 use crate::sync::lock;
+use crate::wire::Incoming;
 
 use request::{Request, RequestError, RequestKind, Selection};
 pub(crate) use targets::Targets;
@@ -194,9 +194,7 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
     /// Types 2 and 3: add the selected sockets to `rooms`, or remove them.
     fn recv_rooms(&self, from: &Origin<'_>, selection: Selection, rooms: Vec<String>, join: bool) {
         let rooms: Vec<Room> = rooms.into_iter().map(Room::from).collect();
-        if join {
-            self.ctr.track_rooms(self.local.path(), &rooms);
-        }
+        let joined = join.then(|| rooms.clone());
         match selection {
             Selection::Opts(opts) => self.apply_rooms(self.resolve(&opts, false), rooms, join),
             Selection::Socket { sid, request_id } => {
@@ -207,6 +205,9 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
                 self.apply_rooms(Targets::Sids(vec![sid]), rooms, join);
                 self.ack_legacy(from, request_id);
             }
+        }
+        if let Some(rooms) = joined {
+            self.track_joined(&rooms);
         }
     }
 
@@ -397,9 +398,7 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
         };
         match tx.try_send(reply) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics().dropped("response", channel)
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.metrics().dropped("response", channel),
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
