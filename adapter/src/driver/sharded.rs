@@ -20,7 +20,9 @@
 //!   marks every live channel *suspect* and re-issues `SSUBSCRIBE` for all of them: those on
 //!   healthy shards are confirmed again at once; those whose command fails count as gaps;
 //! * every `health_check_interval` a reconcile re-issues `SSUBSCRIBE` for every desired
-//!   channel that is not live, so any drift is repaired.
+//!   channel that is not live, and otherwise checks with `CLIENT INFO` (`ssub`) that Redis
+//!   holds as many subscriptions as we hold live ([`ShardedInner::verify`]), so any drift is
+//!   repaired.
 //!
 //! Ready = desired ⊆ live (and nothing suspect). Gauges
 //! `fanout_adapter_subscription_channels{state="expected"|"live"}`, counter
