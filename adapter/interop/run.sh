@@ -64,9 +64,21 @@ if [[ "$MODE" == classic ]]; then
   redis-cli -p "$REDIS_PORT" ping >/dev/null
   RUST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 else
-  CLUSTER_DIR="$(mktemp -d -t fanout-interop-cluster-XXXXXX)"
-  REDIS_CLUSTER_DIR="$CLUSTER_DIR" REDIS_CLUSTER_PORTS=free "$ROOT/deploy/local/redis-cluster" up \
-    >"$HERE/redis.log" 2>&1
+  # a "free" port can be taken between the check and the start: up to 3 attempts
+  for attempt in 1 2 3; do
+    CLUSTER_DIR="$(mktemp -d -t fanout-interop-cluster-XXXXXX)"
+    if REDIS_CLUSTER_DIR="$CLUSTER_DIR" REDIS_CLUSTER_PORTS=free REDIS_CLUSTER_READY_TIMEOUT=15 \
+      "$ROOT/deploy/local/redis-cluster" up >"$HERE/redis.log" 2>&1; then
+      break
+    fi
+    rm -rf "$CLUSTER_DIR"
+    CLUSTER_DIR=""
+    if ((attempt == 3)); then
+      echo "Redis Cluster did not start; log:" >&2
+      cat "$HERE/redis.log" >&2
+      exit 1
+    fi
+  done
   mapfile -t CLUSTER_PORTS <"$CLUSTER_DIR/ports"
   CLUSTER_NODES="$(printf '127.0.0.1:%s,' "${CLUSTER_PORTS[@]}")"
   CLUSTER_NODES="${CLUSTER_NODES%,}"
