@@ -417,6 +417,8 @@ impl ShardedInner {
                 let mut state = lock(&self.state);
                 let live = std::mem::take(&mut state.live);
                 state.suspect.extend(live);
+                // Confirmations still owed by the lost connection never come.
+                state.unsub_pending.clear();
                 self.update_gauges(&state);
                 drop(state);
                 self.metrics.reconnects.inc();
@@ -512,6 +514,9 @@ impl ShardedInner {
     /// re-issued (idempotent for the ones still there), and the difference counted as gaps.
     /// Returns the channels to resubscribe. A node that does not answer skips the check.
     async fn verify(&self) -> Vec<String> {
+        // Only channels live before and after the check are expected to be counted: one
+        // confirmed meanwhile may or may not be, one removed meanwhile may still be.
+        let before = lock(&self.state).live.clone();
         let cmd = redis::cmd("CLIENT").arg("INFO").clone();
         let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
         let mut conn = self.subscriber.clone();
@@ -531,7 +536,7 @@ impl ShardedInner {
             total += client_info_field(&text, "ssub").unwrap_or(0);
         }
         let mut state = lock(&self.state);
-        let live = state.live.len();
+        let live = state.live.intersection(&before).count();
         if total >= live {
             return Vec::new();
         }
