@@ -369,11 +369,13 @@ impl ShardedInner {
         match info.kind {
             PushKind::SMessage => {
                 let mut data = info.data.into_iter();
-                let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
+                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                    (data.next(), data.next())
+                else {
                     return;
                 };
-                if let (Some(channel), Some(payload)) = (as_text(&channel), as_bytes(&payload)) {
-                    self.dispatch(&channel, payload);
+                if let Ok(channel) = String::from_utf8(channel) {
+                    self.dispatch(channel, payload);
                 }
             }
             PushKind::SSubscribe => {
@@ -430,15 +432,24 @@ impl ShardedInner {
     }
 
     /// Routes one message (same bounds and counting as the classic reader).
-    fn dispatch(&self, channel: &str, payload: &[u8]) {
-        let key = SubKey::Channel(channel.to_owned());
+    /// Takes the payload as read (no copy). Oversize kinds: `message` (an adapter channel:
+    /// main, response or room) or `channel` (a plain one).
+    fn dispatch(&self, channel: String, payload: Vec<u8>) {
+        let key = SubKey::Channel(channel);
+        let SubKey::Channel(channel) = &key else {
+            return;
+        };
+        let channel = channel.as_str();
         if payload.len() > self.cfg.max_message_bytes {
-            let kind = lock(&self.state).routes.kind_of(&key, channel);
+            let kind = match lock(&self.state).routes.kind_of(&key, channel) {
+                "channel" => "channel",
+                _ => "message",
+            };
             self.metrics
                 .too_large(kind, channel, payload.len(), self.cfg.max_message_bytes);
             return;
         }
-        let payload = Bytes::copy_from_slice(payload);
+        let payload = Bytes::from(payload);
         let orphaned = {
             let mut state = lock(&self.state);
             let orphaned = state
@@ -599,13 +610,6 @@ fn as_text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn as_bytes(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::BulkString(b) => Some(b),
         _ => None,
     }
 }
