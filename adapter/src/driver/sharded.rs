@@ -578,16 +578,29 @@ async fn control_loop(weak: Weak<ShardedInner>, mut rx: mpsc::UnboundedReceiver<
     ticker.tick().await;
     loop {
         let channels = tokio::select! {
-            msg = rx.recv() => match msg {
-                None => return,
-                Some(Control::Resubscribe(channel)) => vec![channel],
-                Some(Control::ResubscribeAll) => {
-                    // Coalesce a burst of disconnections into one pass.
-                    while rx.try_recv().is_ok() {}
-                    let Some(inner) = weak.upgrade() else { return };
-                    inner.missing()
+            msg = rx.recv() => {
+                let Some(first) = msg else { return };
+                // Coalesce a burst (a migrated slot unsubscribes all its channels at once,
+                // a failover drops several connections) into one concurrent pass.
+                let mut channels = HashSet::new();
+                let mut all = false;
+                let mut next = Some(first);
+                while let Some(msg) = next {
+                    match msg {
+                        Control::Resubscribe(channel) => {
+                            channels.insert(channel);
+                        }
+                        Control::ResubscribeAll => all = true,
+                    }
+                    next = rx.try_recv().ok();
                 }
-            },
+                let Some(inner) = weak.upgrade() else { return };
+                if all {
+                    inner.missing()
+                } else {
+                    channels.into_iter().collect()
+                }
+            }
             _ = ticker.tick() => {
                 let Some(inner) = weak.upgrade() else { return };
                 let missing = inner.missing();
