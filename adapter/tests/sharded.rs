@@ -82,6 +82,44 @@ async fn rooms_requests_and_sweep() {
         recv_none(&mut rx3, 0).await;
         assert_eq!(broadcasts(&c2), before2, "node 2 received room-a traffic");
 
+        // Many rooms over every shard: each broadcast is read by exactly the hosting node.
+        let nodes = [(&io1, &c1), (&io2, &c2), (&io3, &c3)];
+        for j in 0..30 {
+            let (io, c) = nodes[j % 3];
+            let room = format!("many-{j}");
+            io.local().join(room.clone()).await.unwrap();
+            c.ensure_room("/", &room).await.unwrap();
+        }
+        let before: Vec<u64> = nodes.iter().map(|(_, c)| broadcasts(c)).collect();
+        for j in 0..30 {
+            // from a node that does not host the room
+            let (io, _) = nodes[(j + 1) % 3];
+            io.to(format!("many-{j}")).emit("m", &j).await.unwrap();
+        }
+        for (i, rx) in [&mut rx1, &mut rx2, &mut rx3].into_iter().enumerate() {
+            for j in (i..30).step_by(3) {
+                assert_eq!(recv(rx).await, format!(r#"42["m",{j}]"#));
+            }
+        }
+        recv_none(&mut rx1, 300).await;
+        recv_none(&mut rx2, 0).await;
+        recv_none(&mut rx3, 0).await;
+        for (i, (_, c)) in nodes.iter().enumerate() {
+            assert_eq!(
+                broadcasts(c) - before[i],
+                10,
+                "node {} read other rooms",
+                i + 1
+            );
+        }
+        for j in 0..30 {
+            let (io, _) = nodes[j % 3];
+            io.local().leave(format!("many-{j}")).await.unwrap();
+        }
+        for (_, c) in nodes {
+            c.sweep_rooms().await;
+        }
+
         // Everyone, and several rooms (main channel).
         io3.emit("all", &2).await.unwrap();
         for rx in [&mut rx1, &mut rx2, &mut rx3] {
