@@ -40,7 +40,10 @@ pub struct Config {
     #[arg(long, env = "FANOUT_NODE_ID")]
     pub node_id: Option<String>,
 
-    /// Redis URL (`redis://host:port/db`). Absent: embedded mode with in-memory stores.
+    /// Redis: one server, `redis://[user:password@]host:port[/db]` (`rediss://` for TLS), or a
+    /// Redis Cluster, `redis+cluster://[user:password@]host1:port1,host2:port2,…` (seed nodes;
+    /// `rediss+cluster://` for TLS): stores sharded by hash tags, pub/sub sharded per room.
+    /// Absent: embedded mode with in-memory stores.
     #[arg(long, env = "FANOUT_REDIS_URL")]
     pub redis_url: Option<String>,
 
@@ -334,6 +337,64 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{text:?} is neither an address nor a CIDR network"))
 }
 
+/// Where Redis is, from `FANOUT_REDIS_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://…` / `rediss://…`: one server (the URL as given).
+    Single(String),
+    /// `redis+cluster://…` / `rediss+cluster://…`: a Redis Cluster's seed nodes, each as a
+    /// `redis://` (or `rediss://`) URL carrying the credentials.
+    Cluster(Vec<String>),
+}
+
+/// Parses `FANOUT_REDIS_URL`: `redis://` and `rediss://` name one server;
+/// `redis+cluster://[user:password@]h1:p1,h2:p2,…` and `rediss+cluster://…` name the seed
+/// nodes of a Redis Cluster (every seed needs a host and a port; no database: a cluster has
+/// only database 0).
+pub fn parse_redis_target(url: &str) -> Result<RedisTarget, ConfigError> {
+    let bad = |why: &str| ConfigError(format!("FANOUT_REDIS_URL: {why}"));
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(bad(
+            "must start with redis://, rediss://, redis+cluster:// or rediss+cluster://",
+        ));
+    };
+    let seed_scheme = match scheme {
+        "redis" | "rediss" => return Ok(RedisTarget::Single(url.to_string())),
+        "redis+cluster" => "redis",
+        "rediss+cluster" => "rediss",
+        _ => {
+            return Err(bad(
+                "must start with redis://, rediss://, redis+cluster:// or rediss+cluster://",
+            ));
+        }
+    };
+    let (credentials, hosts) = match rest.rsplit_once('@') {
+        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let hosts = hosts.strip_suffix('/').unwrap_or(hosts);
+    if hosts.contains(['/', '?', '#']) {
+        return Err(bad(
+            "a cluster URL takes no database or options, only seed nodes",
+        ));
+    }
+    let seeds = hosts
+        .split(',')
+        .map(|seed| {
+            let (host, port) = seed
+                .rsplit_once(':')
+                .ok_or_else(|| bad(&format!("seed {seed:?} needs host:port")))?;
+            match port.parse::<u16>() {
+                Ok(port) if !host.is_empty() && port > 0 => {
+                    Ok(format!("{seed_scheme}://{credentials}{host}:{port}"))
+                }
+                _ => Err(bad(&format!("seed {seed:?} needs host:port"))),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RedisTarget::Cluster(seeds))
+}
+
 /// A configuration that clap accepted but that cannot work.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -342,9 +403,14 @@ pub struct ConfigError(pub String);
 impl Config {
     /// Checks relations between settings that clap cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+        // Braces would make the prefix every key's Redis Cluster hash tag (store::keys).
+        if self.prefix.is_empty()
+            || self
+                .prefix
+                .contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
+        {
             return Err(ConfigError(
-                "FANOUT_PREFIX must be non-empty, without spaces".into(),
+                "FANOUT_PREFIX must be non-empty, without spaces or braces".into(),
             ));
         }
         if self.adapter_key.is_empty() || self.adapter_key.contains('#') {
@@ -436,12 +502,8 @@ impl Config {
             ));
         }
         self.validate_limits()?;
-        if let Some(url) = &self.redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
-            return Err(ConfigError(
-                "FANOUT_REDIS_URL must start with redis:// or rediss://".into(),
-            ));
+        if let Some(url) = &self.redis_url {
+            parse_redis_target(url)?;
         }
         Ok(())
     }
@@ -572,6 +634,46 @@ mod tests {
         }
         let cfg = Config::parse_from(["fanout-node", "--login-per-ip-per-minute", "0"]);
         assert!(cfg.validate().is_ok(), "0 turns a throttle off");
+    }
+
+    #[test]
+    fn redis_urls_parse() {
+        assert_eq!(
+            parse_redis_target("redis://h:1/2").ok(),
+            Some(RedisTarget::Single("redis://h:1/2".into()))
+        );
+        assert_eq!(
+            parse_redis_target("redis+cluster://a:7000,b:7001").ok(),
+            Some(RedisTarget::Cluster(vec![
+                "redis://a:7000".into(),
+                "redis://b:7001".into()
+            ]))
+        );
+        assert_eq!(
+            parse_redis_target("rediss+cluster://u:p@ss@[::1]:7000/").ok(),
+            Some(RedisTarget::Cluster(vec![
+                "rediss://u:p@ss@[::1]:7000".into()
+            ]))
+        );
+        for bad in [
+            "http://h:1",
+            "h:1",
+            "redis+cluster://",
+            "redis+cluster://a",
+            "redis+cluster://a:0",
+            "redis+cluster://a:99999",
+            "redis+cluster://a:1,,b:2",
+            "redis+cluster://:7000",
+            "redis+cluster://a:1/0",
+            "redis+cluster://a:1?x=y",
+        ] {
+            assert!(parse_redis_target(bad).is_err(), "{bad}");
+        }
+        let mut cfg = Config::parse_from(["fanout-node"]);
+        cfg.redis_url = Some("redis+cluster://a:x".into());
+        assert!(cfg.validate().is_err());
+        let cfg = Config::parse_from(["fanout-node", "--prefix", "a{b}"]);
+        assert!(cfg.validate().is_err(), "braces in the prefix");
     }
 
     #[test]

@@ -135,7 +135,8 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
             chat: Arc::new(MemoryChatStore::default()),
         },
         Some(url) => {
-            let backend = RedisBackend::new(url, &cfg.prefix, metrics.clone())
+            let target = config::parse_redis_target(url)?;
+            let backend = RedisBackend::new(&target, &cfg.prefix, metrics.clone())
                 .map_err(|err| StartError::Backend(err.to_string()))?;
             tokio::spawn(RedisPresenceStore::run_heartbeat(
                 backend.clone(),
