@@ -54,6 +54,12 @@ impl RemoteBroadcast {
 /// does not apply it to the local sockets.
 pub type RemoteBroadcastHook = Arc<dyn Fn(&RemoteBroadcast) -> bool + Send + Sync>;
 
+/// Decides whether a room channel stays subscribed in sharded mode although no local
+/// socket is in the room: called as `keeper(nsp, room)` by the room sweep (and must be
+/// quick, it runs under the sweep's per-room lock). The node answers "a `/ws` client is
+/// subscribed to this topic".
+pub type RoomKeeper = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 /// The adapter state: pass it to `SocketIo::builder().with_adapter::<FanoutAdapter<_>>(ctr)`.
 /// Cheap to clone; every clone shares the same connections.
 #[derive(Clone)]
@@ -75,6 +81,8 @@ pub(crate) struct CtrInner {
     pub remote_ack_timeout_max: Duration,
     pub metrics: Metrics,
     hook: RwLock<Option<RemoteBroadcastHook>>,
+    /// Sharded mode: keeps room channels subscribed beyond the local sockets.
+    pub room_keeper: RwLock<Option<RoomKeeper>>,
     /// This server's uid on the wire, known once the first namespace exists.
     pub uid: OnceLock<String>,
 }
@@ -130,6 +138,7 @@ impl FanoutAdapterCtr {
                 remote_ack_timeout_max: config.remote_ack_timeout_max,
                 metrics,
                 hook: RwLock::new(None),
+                room_keeper: RwLock::new(None),
                 uid: OnceLock::new(),
             }),
         }
@@ -138,6 +147,37 @@ impl FanoutAdapterCtr {
     /// True in cluster mode.
     pub fn is_cluster(&self) -> bool {
         matches!(self.inner.driver, Driver::Redis(_))
+    }
+
+    /// True in sharded mode (a `redis+cluster://` / `rediss+cluster://` URL: Redis Cluster,
+    /// `SPUBLISH`/`SSUBSCRIBE`, the protocol of Node's `createShardedAdapter`).
+    pub fn is_sharded(&self) -> bool {
+        false
+    }
+
+    /// Makes sure this node receives the broadcasts to `room` of namespace `nsp`: in sharded
+    /// mode, returns once the room's channel `key#nsp#room#` is `SSUBSCRIBE`d and confirmed
+    /// (at once when it already is). Call it right after every `socket.join(room)` of a room
+    /// others may broadcast to, before acknowledging the join to the client. The channel is
+    /// dropped lazily by the room sweep once no local socket is in the room and the
+    /// [`RoomKeeper`] does not keep it. No-op in classic and embedded mode (they receive
+    /// every room), and for private rooms (exactly 20 characters, the length of a Node socket
+    /// id: those travel on the main channel). Fails with [`Error::NotReady`] when the
+    /// subscription cannot be confirmed within the command timeout (the subscription stays
+    /// wanted and is retried by the reconcile loop).
+    pub async fn ensure_room(&self, nsp: &str, room: &str) -> Result<(), Error> {
+        let _ = (nsp, room);
+        Ok(())
+    }
+
+    /// Sets the [`RoomKeeper`] the sharded room sweep asks before dropping a room channel
+    /// that has no local socket. Without one, only local sockets keep a room subscribed.
+    pub fn set_room_keeper(&self, keeper: RoomKeeper) {
+        *self
+            .inner
+            .room_keeper
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(keeper);
     }
 
     /// True when embedded, or when the Redis subscriber connection is up and every

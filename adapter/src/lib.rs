@@ -40,13 +40,15 @@ mod metrics;
 pub mod protocol;
 mod remote;
 mod sync;
+mod target;
 
 pub use adapter::{FanoutAckStream, FanoutAdapter, InitRes, Reply};
 pub use config::{ConfigError, RedisAdapterConfig};
 pub use convert::ConvertError;
-pub use ctr::{FanoutAdapterCtr, RemoteBroadcast, RemoteBroadcastHook};
+pub use ctr::{FanoutAdapterCtr, RemoteBroadcast, RemoteBroadcastHook, RoomKeeper};
 pub use error::Error;
 pub use metrics::Metrics;
+pub use target::{ClusterTarget, RedisTarget, parse_redis_target};
 
 #[cfg(test)]
 #[path = "../tests/golden/mod.rs"]
