@@ -98,7 +98,9 @@ impl ClusterTarget {
 pub fn parse_redis_target(url: &str) -> Result<RedisTarget, ConfigError> {
     let bad = |why: &str| ConfigError::InvalidUrl(format!("{}: {why}", redact(url)));
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(bad("no scheme (expected redis://, rediss://, redis+cluster://…)"));
+        return Err(bad(
+            "no scheme (expected redis://, rediss://, redis+cluster://…)",
+        ));
     };
     let tls = match scheme.to_ascii_lowercase().as_str() {
         "redis" | "rediss" | "unix" | "redis+unix" => {

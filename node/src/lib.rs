@@ -135,7 +135,8 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
             chat: Arc::new(MemoryChatStore::default()),
         },
         Some(url) => {
-            let target = config::parse_redis_target(url)?;
+            let target = fanout_adapter::parse_redis_target(url)
+                .map_err(|err| StartError::Backend(err.to_string()))?;
             let backend = RedisBackend::new(&target, &cfg.prefix, metrics.clone())
                 .map_err(|err| StartError::Backend(err.to_string()))?;
             tokio::spawn(RedisPresenceStore::run_heartbeat(
@@ -193,6 +194,7 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         .with_adapter::<io::NodeAdapter>(adapter.clone())
         .build_layer();
     state.delivery.set_io(io.clone());
+    state.delivery.install_room_keeper();
     {
         let state = state.clone();
         adapter.set_remote_broadcast_hook(Arc::new(move |broadcast| {

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fanout_node::config::{RedisTarget, parse_redis_target};
+use fanout_adapter::{RedisTarget, parse_redis_target};
 use fanout_node::metrics::Metrics;
 use fanout_node::store::redis::{
     RedisBackend, RedisChatStore, RedisModelStore, RedisPresenceStore, RedisTokenStore,
@@ -516,7 +516,7 @@ async fn unreachable_cluster_fails_fast_and_typed() {
     let (a, b) = (free_port(), free_port());
     let target =
         parse_redis_target(&format!("redis+cluster://127.0.0.1:{a},127.0.0.1:{b}")).unwrap();
-    assert!(matches!(target, RedisTarget::Cluster(ref seeds) if seeds.len() == 2));
+    assert!(matches!(target, RedisTarget::Cluster(ref c) if c.seeds.len() == 2));
     let backend = RedisBackend::new(&target, "fanout", Metrics::new("test")).unwrap();
     let tokens = RedisTokenStore(backend);
     for _ in 0..2 {

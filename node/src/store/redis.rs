@@ -25,8 +25,8 @@ use super::{
     SeatClaim, StoreError, StoreResult, TokenHash, TokenRecord, TokenStore, User, UserId,
     UserStore, WriteAccess, keys, merge_record,
 };
-use crate::config::RedisTarget;
 use crate::metrics::Metrics;
+use fanout_adapter::RedisTarget;
 
 /// How long a store operation waits for a connection, a connect or one reply.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -91,8 +91,8 @@ impl RedisBackend {
     pub fn new(target: &RedisTarget, prefix: &str, metrics: Metrics) -> Result<Self, StoreError> {
         let target = match target {
             RedisTarget::Single(url) => Target::Single(single_pool(url)?),
-            RedisTarget::Cluster(seeds) => {
-                let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+            RedisTarget::Cluster(cluster) => {
+                let client = ClusterClientBuilder::new(cluster.seed_urls())
                     .connection_timeout(TIMEOUT)
                     .response_timeout(TIMEOUT)
                     // Retries (MOVED, a failover in progress) may take this long in all.
