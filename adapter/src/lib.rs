@@ -39,8 +39,10 @@ mod error;
 mod metrics;
 pub mod protocol;
 mod remote;
+mod rooms;
 mod sync;
 mod target;
+mod wire;
 
 pub use adapter::{FanoutAckStream, FanoutAdapter, InitRes, Reply};
 pub use config::{ConfigError, RedisAdapterConfig};
