@@ -31,6 +31,7 @@
 //!   stop.
 //! - [`peer`]: client addresses behind trusted proxies; per-address connection counts.
 //! - [`shutdown`]: the signals that start a graceful drain.
+//! - [`starting`]: the 503 answers while the first connection to Redis is pending.
 //!
 //! A publish, followed end to end: a Socket.IO `publish` event →
 //! [`sio::pubsub::Queued`] parses it into a [`request::Request`] and queues it on the
@@ -62,6 +63,7 @@ mod server;
 mod sessions;
 pub mod shutdown;
 mod sio;
+pub mod starting;
 pub mod state;
 pub mod store;
 mod topics;
