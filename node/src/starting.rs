@@ -1,9 +1,9 @@
 //! What a node answers while it is still starting. Its first connection to Redis waits (with
 //! backoff) for a Redis or a Redis Cluster that may not be there yet; meanwhile the listener is
-//! already bound, and instead of leaving requests hanging in the backlog the node answers
-//! `/healthz` 200 `{"status":"starting"}` (the process is alive: restarting it would not help)
-//! and everything else 503 `{"ready":false,"status":"starting"}` (`/readyz` included), one
-//! request per connection.
+//! already bound, and instead of leaving requests hanging in the backlog the node answers every
+//! request, `/healthz` and `/readyz` included, 503 `{"status":"starting"}` — one request per
+//! connection. `/healthz` is 503 too: "healthy" means serving (Docker's HEALTHCHECK, test
+//! harnesses and balancers take it so), and a starting node serves nothing yet.
 
 use std::future::Future;
 use std::time::Duration;
@@ -41,19 +41,11 @@ pub async fn answer_while<F: Future>(listener: &TcpListener, starting: F) -> F::
 }
 
 async fn answer(stream: TcpStream) {
-    let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-        let (status, body) = if req.uri().path() == "/healthz" {
-            (StatusCode::OK, r#"{"status":"starting"}"#)
-        } else {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                r#"{"ready":false,"status":"starting"}"#,
-            )
-        };
+    let service = hyper::service::service_fn(|_: Request<Incoming>| async move {
         Response::builder()
-            .status(status)
+            .status(StatusCode::SERVICE_UNAVAILABLE)
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body))
+            .body(Body::from(r#"{"ready":false,"status":"starting"}"#))
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
