@@ -48,7 +48,8 @@ pub struct Metrics {
     pub subscription_channels: IntGaugeVec,
     /// `fanout_adapter_subscription_gaps_total{reason}`: sharded mode: a wanted channel
     /// stopped being subscribed (`moved`: Redis unsubscribed it because its slot moved;
-    /// `connection`: its shard connection dropped and resubscribing failed). Messages
+    /// `connection`: its shard connection dropped and resubscribing failed; `silent`: Redis
+    /// holds fewer subscriptions than we hold live, one per missing channel). Messages
     /// published to it until it is live again are not delivered to this node.
     pub subscription_gaps: IntCounterVec,
     /// `fanout_adapter_unmappable_sockets_total`: remote sockets returned by a fetch whose id

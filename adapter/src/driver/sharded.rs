@@ -20,7 +20,9 @@
 //!   marks every live channel *suspect* and re-issues `SSUBSCRIBE` for all of them: those on
 //!   healthy shards are confirmed again at once; those whose command fails count as gaps;
 //! * every `health_check_interval` a reconcile re-issues `SSUBSCRIBE` for every desired
-//!   channel that is not live, so any drift is repaired.
+//!   channel that is not live, and otherwise checks with `CLIENT INFO` (`ssub`) that Redis
+//!   holds as many subscriptions as we hold live ([`ShardedInner::verify`]), so any drift is
+//!   repaired.
 //!
 //! Ready = desired ⊆ live (and nothing suspect). Gauges
 //! `fanout_adapter_subscription_channels{state="expected"|"live"}`, counter
@@ -38,7 +40,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, Route as SlotRoute, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
@@ -315,18 +319,33 @@ impl ShardedInner {
                 return true;
             }
         }
-        let mut conn = self.subscriber.clone();
-        let res = tokio::time::timeout(self.cfg.command_timeout, conn.ssubscribe(channel)).await;
-        match res {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
+        match self.on_master("SSUBSCRIBE", channel).await {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::debug!(channel, "SSUBSCRIBE failed, will retry: {e}");
                 false
             }
-            Err(_) => {
-                tracing::debug!(channel, "SSUBSCRIBE timed out, will retry");
-                false
-            }
+        }
+    }
+
+    /// Runs `SSUBSCRIBE`/`SUNSUBSCRIBE channel` on the master of the channel's slot, within
+    /// the command timeout. Explicitly the master: redis-rs routes subscriptions like reads,
+    /// and while the master's connection is being repaired it falls back to a replica — a
+    /// replica accepts `SSUBSCRIBE` and forwards the shard's messages, but `PUBSUB
+    /// SHARDNUMSUB` on the masters (the server count) no longer sees us, and a later
+    /// subscription on the master would deliver every message twice. The confirmation push
+    /// updates the live set and redis-rs's own resubscription list.
+    async fn on_master(&self, command: &'static str, channel: &str) -> Result<(), Error> {
+        let cmd = redis::cmd(command).arg(channel).clone();
+        let route = SlotRoute::with_key(channel, SlotAddr::Master);
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+        let mut conn = self.subscriber.clone();
+        let res = tokio::time::timeout(self.cfg.command_timeout, conn.route_command(cmd, routing))
+            .await
+            .map_err(|_| Error::CommandTimeout(command))?;
+        match res? {
+            Value::ServerError(e) => Err(Error::Redis(e.into())),
+            _ => Ok(()),
         }
     }
 
@@ -340,10 +359,8 @@ impl ShardedInner {
             }
             *state.unsub_pending.entry(channel.to_owned()).or_default() += 1;
         }
-        let mut conn = self.subscriber.clone();
-        let res = tokio::time::timeout(self.cfg.command_timeout, conn.sunsubscribe(channel)).await;
-        if !matches!(res, Ok(Ok(()))) {
-            tracing::debug!(channel, "SUNSUBSCRIBE failed (connection down?)");
+        if let Err(e) = self.on_master("SUNSUBSCRIBE", channel).await {
+            tracing::debug!(channel, "SUNSUBSCRIBE failed (connection down?): {e}");
         }
     }
 
@@ -487,6 +504,54 @@ impl ShardedInner {
     }
 }
 
+impl ShardedInner {
+    /// Checks with Redis that the live channels really are subscribed: `CLIENT INFO` on every
+    /// node over the subscriber connection itself gives its `ssub` count there. Fewer in
+    /// total than we hold live means a subscription vanished without a push (a connection
+    /// redis-rs replaced during a topology change): every live channel is then suspect and
+    /// re-issued (idempotent for the ones still there), and the difference counted as gaps.
+    /// Returns the channels to resubscribe. A node that does not answer skips the check.
+    async fn verify(&self) -> Vec<String> {
+        let cmd = redis::cmd("CLIENT").arg("INFO").clone();
+        let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
+        let mut conn = self.subscriber.clone();
+        let Ok(Ok(Value::Map(nodes))) =
+            tokio::time::timeout(self.cfg.command_timeout, conn.route_command(cmd, routing)).await
+        else {
+            return Vec::new();
+        };
+        let mut total = 0usize;
+        for (_, info) in &nodes {
+            let text = match info {
+                Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                Value::VerbatimString { text, .. } => text.clone(),
+                Value::SimpleString(s) => s.clone(),
+                _ => return Vec::new(),
+            };
+            total += client_info_field(&text, "ssub").unwrap_or(0);
+        }
+        let mut state = lock(&self.state);
+        let live = state.live.len();
+        if total >= live {
+            return Vec::new();
+        }
+        for _ in total..live {
+            self.metrics.subscription_gap("(unknown)", "silent");
+        }
+        let all = std::mem::take(&mut state.live);
+        state.suspect.extend(all.iter().cloned());
+        self.update_gauges(&state);
+        all.into_iter().collect()
+    }
+}
+
+/// A numeric `field=` of a `CLIENT INFO` line.
+fn client_info_field(info: &str, field: &str) -> Option<usize> {
+    info.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
 /// The control task: resubscriptions asked by the push handler, and the periodic reconcile.
 async fn control_loop(weak: Weak<ShardedInner>, mut rx: mpsc::UnboundedReceiver<Control>) {
     let Some(interval) = weak.upgrade().map(|i| i.cfg.health_check_interval) else {
@@ -509,7 +574,12 @@ async fn control_loop(weak: Weak<ShardedInner>, mut rx: mpsc::UnboundedReceiver<
             },
             _ = ticker.tick() => {
                 let Some(inner) = weak.upgrade() else { return };
-                inner.missing()
+                let missing = inner.missing();
+                if missing.is_empty() {
+                    inner.verify().await
+                } else {
+                    missing
+                }
             }
         };
         if channels.is_empty() {
@@ -538,6 +608,15 @@ fn as_bytes(v: &Value) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_info_ssub() {
+        let info = "id=7 addr=127.0.0.1:5 laddr=x fd=9 name= sub=0 psub=0 ssub=12 multi=-1";
+        assert_eq!(client_info_field(info, "ssub"), Some(12));
+        assert_eq!(client_info_field(info, "sub"), Some(0));
+        assert_eq!(client_info_field("id=1", "ssub"), None);
+        assert_eq!(client_info_field("ssub=x", "ssub"), None);
+    }
 
     #[test]
     fn numsub_sums_every_master() {
