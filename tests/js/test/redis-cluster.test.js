@@ -303,6 +303,8 @@ describe('3 fanout nodes on a Redis Cluster (3 masters + 3 replicas)', () => {
       const gone = once(s, 'disconnect', 5000);
       assert.equal((await api(node.url, 'POST', `/api/users/logout${q}`)).status, 204);
       await gone;
+      // The adapter's periodic checks (every 5 s: CLIENT INFO, PING…) run under the ACL too.
+      await sleep(6000);
       for (const port of cluster.ports) {
         const log = (await cluster.cli(port, 'ACL', 'LOG')).trim();
         assert.equal(log, '', `denied on ${port}:\n${log}`);
