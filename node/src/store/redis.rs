@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime, Timeouts};
+use fanout_adapter::RedisTarget;
 use redis::aio::ConnectionLike;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -26,7 +27,6 @@ use super::{
     UserStore, WriteAccess, keys, merge_record,
 };
 use crate::metrics::Metrics;
-use fanout_adapter::RedisTarget;
 
 /// How long a store operation waits for a connection, a connect or one reply.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,7 +40,7 @@ enum Target {
 
 /// One store operation's connection: pooled (single Redis) or a clone of the multiplexed
 /// cluster connection. Both speak [`ConnectionLike`], so the store code is written once.
-pub enum Conn {
+enum Conn {
     /// A connection of the single-server pool.
     Single(deadpool_redis::Connection),
     /// The cluster connection (cheap to clone: a handle on one multiplexer).

@@ -315,6 +315,56 @@ describe('3 fanout nodes on a Redis Cluster (3 masters + 3 replicas)', () => {
     }
   });
 
+  it('a subscribe or chat login whose room channel cannot be subscribed in time fails and leaves nothing behind', async () => {
+    // Freeze (SIGSTOP, shorter than the cluster node timeout: no failover) the master serving
+    // a topic's and a chat room's channels, while their other keys (presence, seats) live
+    // elsewhere. (CLIENT PAUSE would not do: Redis does not pause (S)SUBSCRIBE.)
+    const paused = (await cluster.masters())[0];
+    const pick = async (prefix, channelOf, otherKeyOf) => {
+      for (let n = 0; ; n += 1) {
+        const name = `${prefix}-${n}`;
+        if ((await cluster.masterOf(channelOf(name))) === paused && (await cluster.masterOf(otherKeyOf(name))) !== paused) return name;
+      }
+    };
+    const topic = await pick('rc-paused', (t) => roomChannel(t), (t) => `fanout:presence:${t}`);
+    const room = await pick('rc-pchat', (r) => roomChannel(r, '/chat'), (r) => `fanout:{chat:${r}}`);
+    const u = await newUser(nodes[1].url, 'rcpause');
+    const s = await connectAuthed(nodes[1].url, u.token);
+    const got = collect(s, topic);
+    const chat = await connect(`${nodes[1].url}/chat`);
+    const chatError = once(chat, 'error', 8000).catch(() => null);
+    const pid = Number(fs.readFileSync(path.join(cluster.runDir, 'pids', `${paused}.pid`), 'utf8'));
+    process.kill(pid, 'SIGSTOP');
+    let refused;
+    try {
+      const subscribing = emitAck(s, 'subscribe', topic, 8000);
+      chat.emit('login', { user: 'pat', avatar: 'pat@example.com', id: room });
+      refused = await subscribing;
+      assert.ok(await chatError, 'the chat login got an error');
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    assert.equal(refused.error?.code, 'unavailable', JSON.stringify(refused));
+    await waitReady(nodes);
+    // Not subscribed, not present, no seat taken.
+    assert.deepEqual(await emitAck(s, 'presence', { topic }), { result: [] });
+    const publisher = await connectAuthed(nodes[0].url, u.token);
+    assert.deepEqual(await emitAck(publisher, 'publish', { topic, data: 'not for s' }), { ok: true });
+    const watcher = await connect(`${nodes[2].url}/chat`);
+    const people = once(watcher, 'peopleinchat');
+    watcher.emit('load', room);
+    assert.deepEqual(await people, { number: 0 });
+    // And once the shard answers again, both work.
+    await subscribe(s, topic);
+    assert.deepEqual(await emitAck(publisher, 'publish', { topic, data: 'for s' }), { ok: true });
+    await waitUntil(() => got.length >= 1, 3000, 'delivery after the retry');
+    await sleep(200);
+    assert.deepEqual(got, ['for s']);
+    const img = once(chat, 'img', 5000);
+    chat.emit('login', { user: 'pat', avatar: 'pat@example.com', id: room });
+    assert.match(await img, /^https?:/);
+  });
+
   it('a room\'s slot migrated under traffic: the subscriptions follow, later messages arrive', async () => {
     const topic = 'rc-moving';
     const channel = roomChannel(topic);
