@@ -9,3 +9,4 @@ pub mod plot;
 pub mod report;
 pub mod scenario;
 pub mod sys;
+pub mod wsclient;
