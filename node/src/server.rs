@@ -23,7 +23,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use axum::http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -195,6 +195,36 @@ fn request_timeout() -> Response<Body> {
     response
 }
 
+/// For a Socket.IO request or a WebSocket upgrade: the request's URI and header values copied
+/// into allocations of their own. hyper parses them as slices of the connection's 8 KiB read
+/// buffer, and engineioxide keeps a session's first request parts for the session's whole
+/// life — with them the buffer, ~8 KB per idle connection. Other requests are left alone.
+fn own_parts(req: Request<Body>) -> Request<Body> {
+    let upgrade = req.headers().contains_key(header::UPGRADE);
+    if crate::experiment::on("keep_parts")
+        || !(upgrade || req.uri().path().starts_with("/socket.io"))
+    {
+        return req;
+    }
+    let (mut parts, body) = req.into_parts();
+    if crate::experiment::on("orig_uri") {
+        // What a layer inside the Router sees: axum's OriginalUri, a clone of the URI.
+        parts
+            .extensions
+            .insert(axum::extract::OriginalUri(parts.uri.clone()));
+    }
+    if let Ok(uri) = Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+    }
+    for value in parts.headers.values_mut() {
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(value.is_sensitive());
+            *value = copy;
+        }
+    }
+    Request::from_parts(parts, body)
+}
+
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -204,7 +234,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let in_flight = self.addr.conn.request_started();
-        let mut req = req.map(Body::new);
+        let mut req = own_parts(req.map(Body::new));
         req.extensions_mut().insert(ConnectInfo(self.addr.clone()));
         let router = self.router.clone();
         let (deadline, metrics) = (self.deadline, self.metrics.clone());

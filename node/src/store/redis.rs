@@ -11,6 +11,7 @@ use deadpool_redis::redis::{self, AsyncCommands, Script};
 use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime, Timeouts};
 use tokio::time::Instant;
 
+use super::batch::PresenceBatcher;
 use super::{
     ChatMember, ChatStore, ConnKey, ModelLimits, ModelStore, NewUser, PresenceStore, Quota, Record,
     SeatClaim, StoreError, StoreResult, TokenHash, TokenRecord, TokenStore, User, UserId,
@@ -52,7 +53,7 @@ impl RedisBackend {
     }
 
     /// Runs one store operation on a pooled connection, timing it and mapping errors.
-    async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> StoreResult<T>
+    pub(super) async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> StoreResult<T>
     where
         F: FnOnce(deadpool_redis::Connection) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
@@ -575,8 +576,12 @@ impl ModelStore for RedisModelStore {
 
 /// Presence: `<prefix>:presence:<topic>` hash, field `<node>/<transport>/<id>` → user id.
 /// Entries of nodes whose heartbeat key expired are ignored and cleaned up on read, so a
-/// crashed node does not keep users present forever.
-pub struct RedisPresenceStore(pub RedisBackend);
+/// crashed node does not keep users present forever. Joins and leaves go through a
+/// [`PresenceBatcher`] (pipelined).
+pub struct RedisPresenceStore {
+    backend: RedisBackend,
+    writes: PresenceBatcher,
+}
 
 /// How often a node refreshes its heartbeat key, and how long the key lives.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -584,6 +589,12 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const HEARTBEAT_TTL_SECS: u64 = 15;
 
 impl RedisPresenceStore {
+    /// The store on `backend`; starts its writer task.
+    pub fn new(backend: RedisBackend) -> Self {
+        let writes = PresenceBatcher::start(backend.clone());
+        Self { backend, writes }
+    }
+
     /// Refreshes this node's heartbeat key forever (spawn it).
     pub async fn run_heartbeat(backend: RedisBackend, node_id: String) {
         let key = keys::node_alive(backend.prefix(), &node_id);
@@ -611,32 +622,22 @@ fn node_of(conn: &str) -> &str {
 #[async_trait]
 impl PresenceStore for RedisPresenceStore {
     async fn join(&self, topic: &str, conn: &ConnKey, user: &UserId) -> StoreResult<()> {
-        let key = keys::presence(self.0.prefix(), topic);
-        let (field, value) = (conn.0.clone(), user.as_str().to_string());
-        self.0
-            .run("presence_join", |mut c| async move {
-                c.hset::<_, _, _, ()>(&key, &field, &value)
-                    .await
-                    .map_err(unavailable)
-            })
+        let key = keys::presence(self.backend.prefix(), topic);
+        self.writes
+            .hset(key, conn.0.clone(), user.as_str().to_string())
             .await
     }
 
     async fn leave(&self, topic: &str, conn: &ConnKey) -> StoreResult<()> {
-        let key = keys::presence(self.0.prefix(), topic);
-        let field = conn.0.clone();
-        self.0
-            .run("presence_leave", |mut c| async move {
-                c.hdel::<_, _, ()>(&key, &field).await.map_err(unavailable)
-            })
-            .await
+        let key = keys::presence(self.backend.prefix(), topic);
+        self.writes.hdel(key, conn.0.clone()).await
     }
 
     async fn members(&self, topic: &str) -> StoreResult<Vec<UserId>> {
-        let key = keys::presence(self.0.prefix(), topic);
-        let prefix = self.0.prefix().to_string();
+        let key = keys::presence(self.backend.prefix(), topic);
+        let prefix = self.backend.prefix().to_string();
         let live = self
-            .0
+            .backend
             .run("presence_members", |mut c| async move {
                 live_entries(&mut c, &prefix, &key).await
             })

@@ -1,0 +1,92 @@
+//! Presence writes in pipelines. A subscribe (or unsubscribe) records presence in Redis
+//! before it is acknowledged; one round trip each (plus the pool's recycle check) made
+//! presence most of a subscribe's latency during a connect storm. Writes now queue here, and
+//! one task sends everything queued while the previous pipeline was in flight as the next
+//! pipeline: one round trip per batch, in arrival order, and every caller still gets its
+//! own result before its ack.
+
+use deadpool_redis::redis;
+use tokio::sync::{mpsc, oneshot};
+
+use super::redis::RedisBackend;
+use super::{StoreError, StoreResult};
+
+/// Most writes in one pipeline.
+const MAX_BATCH: usize = 512;
+/// Writes waiting for a pipeline at most; a caller beyond it waits for room.
+const QUEUE: usize = 8192;
+
+/// One presence write: `HSET key field value`, or `HDEL key field` without a value.
+struct Write {
+    key: String,
+    field: String,
+    value: Option<String>,
+    done: oneshot::Sender<StoreResult<()>>,
+}
+
+/// The sending side of the presence writer task.
+#[derive(Clone)]
+pub struct PresenceBatcher {
+    tx: mpsc::Sender<Write>,
+}
+
+impl PresenceBatcher {
+    /// Starts the writer task on `backend`.
+    pub fn start(backend: RedisBackend) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(backend, rx));
+        Self { tx }
+    }
+
+    /// `HSET key field value` in the next pipeline.
+    pub async fn hset(&self, key: String, field: String, value: String) -> StoreResult<()> {
+        self.write(key, field, Some(value)).await
+    }
+
+    /// `HDEL key field` in the next pipeline.
+    pub async fn hdel(&self, key: String, field: String) -> StoreResult<()> {
+        self.write(key, field, None).await
+    }
+
+    async fn write(&self, key: String, field: String, value: Option<String>) -> StoreResult<()> {
+        let stopped = || StoreError::Unavailable("presence writer stopped".into());
+        let (done, result) = oneshot::channel();
+        let write = Write {
+            key,
+            field,
+            value,
+            done,
+        };
+        self.tx.send(write).await.map_err(|_| stopped())?;
+        result.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+/// Sends the queued writes, a pipeline at a time, until every sender is gone.
+async fn run(backend: RedisBackend, mut rx: mpsc::Receiver<Write>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for w in &batch {
+            match &w.value {
+                Some(value) => pipe.hset(&w.key, &w.field, value).ignore(),
+                None => pipe.hdel(&w.key, &w.field).ignore(),
+            };
+        }
+        let result = backend
+            .run("presence_batch", |mut conn| async move {
+                pipe.query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|err| StoreError::Unavailable(err.to_string()))
+            })
+            .await;
+        for w in batch.drain(..) {
+            let own = match &result {
+                Ok(()) => Ok(()),
+                Err(err) => Err(StoreError::Unavailable(err.to_string())),
+            };
+            // A caller that gave up (its connection closed) does not read its result.
+            let _ = w.done.send(own);
+        }
+    }
+}
