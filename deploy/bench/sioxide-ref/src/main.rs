@@ -87,10 +87,16 @@ async fn authenticate(
         .filter(|u| !u.is_null())
         .ok_or(Unauthorized)?;
     socket.extensions.insert(user);
+    // Handlers are registered here, in the middleware, and not in the connect handler:
+    // socketioxide answers CONNECT before it runs the connect handler, so an event a client
+    // sends right after `connect` could find no handler and be lost (ack never sent).
+    register(&socket);
     Ok(())
 }
 
-async fn on_connect(socket: Sock) {
+async fn on_connect(_socket: Sock) {}
+
+fn register(socket: &Sock) {
     socket.on(
         "subscribe",
         async |s: Sock, Data(arg): Data<Value>, ack: AckSender<_>| {
