@@ -669,6 +669,23 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn storm_excess_is_relative_to_before() {
+        let s = StormFigures {
+            rss_before: 100,
+            rss_peak: 300,
+            rss_after: 105,
+            ..StormFigures::default()
+        };
+        assert!((s.excess() - 0.05).abs() < 1e-9);
+        let back = StormFigures {
+            rss_before: 100,
+            rss_after: 90,
+            ..s
+        };
+        assert!(back.excess() < 0.0);
+    }
+
     use super::*;
 
     fn st(p: u32, s: u64, t: u64) -> Stamp {

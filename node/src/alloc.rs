@@ -116,3 +116,41 @@ impl Collector for AllocatorCollector {
         self.bytes.collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuning_applies_and_figures_are_exported() {
+        let tuning = AllocTuning {
+            background_threads: true,
+            dirty_decay_ms: 5_000,
+            muzzy_decay_ms: 0,
+        };
+        assert!(tune(&tuning).is_ok());
+        let set: isize = b"arenas.dirty_decay_ms\0".name().read().expect("readable");
+        assert_eq!(set, 5_000);
+        assert_eq!(background_thread::read().ok(), Some(true));
+        let collector = AllocatorCollector::new().expect("collector");
+        let families = collector.collect();
+        let kinds: Vec<String> = families
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .flat_map(|m| m.get_label())
+            .map(|l| l.value().to_owned())
+            .collect();
+        for kind in ["allocated", "active", "resident", "metadata", "retained"] {
+            assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
+        }
+        // And off again.
+        assert!(
+            tune(&AllocTuning {
+                background_threads: false,
+                ..tuning
+            })
+            .is_ok()
+        );
+        assert_eq!(background_thread::read().ok(), Some(false));
+    }
+}

@@ -469,13 +469,11 @@ impl Client {
         };
         if added {
             self.transport.join(&topic);
-            if !crate::experiment::on("no_presence") {
-                state
-                    .stores
-                    .presence
-                    .join(topic.as_str(), &self.key, &session.user_id)
-                    .await?;
-            }
+            state
+                .stores
+                .presence
+                .join(topic.as_str(), &self.key, &session.user_id)
+                .await?;
             if self.gone.load(Ordering::Acquire) {
                 // The connection closed meanwhile and its cleanup may have run already.
                 self.leave_all(state).await;

@@ -626,6 +626,35 @@ mod tests {
     }
 
     #[test]
+    fn memory_settings_parse_and_validate() {
+        let cfg = Config::parse_from([
+            "fanout-node",
+            "--ws-read-buffer",
+            "4096",
+            "--alloc-background-threads",
+            "false",
+            "--alloc-dirty-decay-ms",
+            "-1",
+        ]);
+        assert!(cfg.validate().is_ok());
+        let tuning = cfg.alloc_tuning();
+        assert!(!tuning.background_threads);
+        assert_eq!((tuning.dirty_decay_ms, tuning.muzzy_decay_ms), (-1, 0));
+        assert_eq!(cfg.ws_read_buffer, 4096);
+        assert_eq!(Config::for_tests().ws_read_buffer, 1024);
+
+        let mut tiny = Config::for_tests();
+        tiny.ws_read_buffer = 10;
+        assert!(tiny.validate().is_err());
+        let mut never = Config::for_tests();
+        never.alloc_muzzy_decay_ms = -2;
+        assert!(never.validate().is_err());
+        assert!(
+            Config::try_parse_from(["fanout-node", "--alloc-background-threads", "maybe"]).is_err()
+        );
+    }
+
+    #[test]
     fn redis_limits_are_validated() {
         let ok = Config::for_tests();
         assert!(ok.validate().is_ok());

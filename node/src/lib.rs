@@ -52,7 +52,6 @@ mod delivery;
 mod email;
 pub mod error;
 mod events;
-mod experiment;
 mod http;
 mod io;
 mod listener;
@@ -179,8 +178,8 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         .ping_interval(Duration::from_millis(cfg.ping_interval_ms))
         .ping_timeout(Duration::from_millis(cfg.ping_timeout_ms))
         .max_payload(cfg.max_payload as u64)
-        .max_buffer_size(experiment::value("sio_max_buffer").unwrap_or(cfg.client_queue_messages))
-        .ws_read_buffer_size(experiment::value("sio_ws_buf").unwrap_or(cfg.ws_read_buffer))
+        .max_buffer_size(cfg.client_queue_messages)
+        .ws_read_buffer_size(cfg.ws_read_buffer)
         .ws_max_message_size(cfg.max_payload)
         .ws_max_frame_size(cfg.max_payload)
         // A binary packet is buffered until its last attachment: bound its count, its total

@@ -201,18 +201,10 @@ fn request_timeout() -> Response<Body> {
 /// life — with them the buffer, ~8 KB per idle connection. Other requests are left alone.
 fn own_parts(req: Request<Body>) -> Request<Body> {
     let upgrade = req.headers().contains_key(header::UPGRADE);
-    if crate::experiment::on("keep_parts")
-        || !(upgrade || req.uri().path().starts_with("/socket.io"))
-    {
+    if !(upgrade || req.uri().path().starts_with("/socket.io")) {
         return req;
     }
     let (mut parts, body) = req.into_parts();
-    if crate::experiment::on("orig_uri") {
-        // What a layer inside the Router sees: axum's OriginalUri, a clone of the URI.
-        parts
-            .extensions
-            .insert(axum::extract::OriginalUri(parts.uri.clone()));
-    }
     if let Ok(uri) = Uri::try_from(parts.uri.to_string()) {
         parts.uri = uri;
     }
@@ -255,6 +247,55 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `part` lies inside `buf`.
+    fn inside(buf: &bytes::Bytes, part: &[u8]) -> bool {
+        let range = buf.as_ptr_range();
+        range.contains(&part.as_ptr())
+    }
+
+    /// What hyper does: URI and header values as slices of the read buffer. After
+    /// `own_parts`, nothing of a Socket.IO request or an upgrade points into it any more.
+    #[test]
+    fn upgrade_requests_let_go_of_the_read_buffer() {
+        let buf = bytes::Bytes::from_static(b"/socket.io/?EIO=4&transport=websocket websocket abc");
+        let shared = |from: usize, to: usize| buf.slice(from..to);
+        let request = |path: bytes::Bytes| {
+            let mut req = Request::new(Body::empty());
+            *req.uri_mut() = Uri::from_maybe_shared(path).expect("uri");
+            req.headers_mut().insert(
+                header::UPGRADE,
+                HeaderValue::from_maybe_shared(shared(38, 47)).expect("value"),
+            );
+            req.headers_mut().insert(
+                header::SEC_WEBSOCKET_KEY,
+                HeaderValue::from_maybe_shared(shared(48, 51)).expect("value"),
+            );
+            req
+        };
+        let before = request(shared(0, 37));
+        assert!(
+            inside(&buf, before.uri().path().as_bytes()),
+            "the test's premise"
+        );
+        let after = own_parts(before);
+        assert_eq!(after.uri().query(), Some("EIO=4&transport=websocket"));
+        assert!(!inside(&buf, after.uri().path().as_bytes()));
+        for value in after.headers().values() {
+            assert!(!inside(&buf, value.as_bytes()));
+        }
+        assert_eq!(after.headers()[header::SEC_WEBSOCKET_KEY], "abc");
+
+        // Anything else keeps its parts as they are.
+        let mut other = request(shared(0, 10));
+        other.headers_mut().remove(header::UPGRADE);
+        *other.uri_mut() = Uri::from_static("/api/users");
+        let other = own_parts(other);
+        assert!(inside(
+            &buf,
+            other.headers()[header::SEC_WEBSOCKET_KEY].as_bytes()
+        ));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_means_nothing_in_flight_and_nothing_moving() {

@@ -216,7 +216,11 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
     let mut measured = measured;
     if plan.workload == Workload::Connect && plan.storm_rounds > 0 {
         pb.set_message("storm");
-        measured.storm = storm::run(&plan, &names).await?;
+        // A failed storm leaves the connect figures standing.
+        match storm::run(&plan, &names).await {
+            Ok(figures) => measured.storm = figures,
+            Err(err) => sh.failure(format!("storm: {}", crate::error::chain(&err))),
+        }
     }
     let delivery_after = probe.delivery().await;
     let server = match (delivery_before, delivery_after) {

@@ -32,8 +32,12 @@ pub(super) async fn run(plan: &Plan, names: &[String]) -> Result<Option<StormFig
         source,
     };
     let client = redis::Client::open(url.as_str()).map_err(redis_err)?;
+    // A pipeline of large PUBLISHes to busy subscribers can take seconds to be answered;
+    // redis-rs gives up after 500 ms by default.
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
     let mut conn = client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(redis_err)?;
     let data = "x".repeat(plan.payload);

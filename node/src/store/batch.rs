@@ -3,10 +3,12 @@
 //! presence most of a subscribe's latency during a connect storm. Writes now queue here, and
 //! one task sends everything queued while the previous pipeline was in flight as the next
 //! pipeline: one round trip per batch, in arrival order, and every caller still gets its
-//! own result before its ack.
+//! own result before its ack. The pipelines share one kept connection: a connection fresh from
+//! the pool costs a check round trip of its own.
 
 use deadpool_redis::redis;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::redis::RedisBackend;
 use super::{StoreError, StoreResult};
@@ -62,24 +64,15 @@ impl PresenceBatcher {
     }
 }
 
-/// Sends the queued writes, a pipeline at a time, until every sender is gone.
+/// Sends the queued writes, a pipeline at a time, until every sender is gone. The
+/// connection is kept from one pipeline to the next (a broken one is replaced).
 async fn run(backend: RedisBackend, mut rx: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut conn = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut pipe = redis::pipe();
-        for w in &batch {
-            match &w.value {
-                Some(value) => pipe.hset(&w.key, &w.field, value).ignore(),
-                None => pipe.hdel(&w.key, &w.field).ignore(),
-            };
-        }
-        let result = backend
-            .run("presence_batch", |mut conn| async move {
-                pipe.query_async::<()>(&mut conn)
-                    .await
-                    .map_err(|err| StoreError::Unavailable(err.to_string()))
-            })
-            .await;
+        let started = Instant::now();
+        let result = send(&backend, &mut conn, &batch).await;
+        backend.record("presence_batch", started.elapsed(), result.is_ok());
         for w in batch.drain(..) {
             let own = match &result {
                 Ok(()) => Ok(()),
@@ -89,4 +82,28 @@ async fn run(backend: RedisBackend, mut rx: mpsc::Receiver<Write>) {
             let _ = w.done.send(own);
         }
     }
+}
+
+/// One pipeline of `batch` on the kept connection.
+async fn send(
+    backend: &RedisBackend,
+    conn: &mut Option<deadpool_redis::Connection>,
+    batch: &[Write],
+) -> StoreResult<()> {
+    let c = match conn {
+        Some(c) => c,
+        None => conn.insert(backend.connection().await?),
+    };
+    let mut pipe = redis::pipe();
+    for w in batch {
+        match &w.value {
+            Some(value) => pipe.hset(&w.key, &w.field, value).ignore(),
+            None => pipe.hdel(&w.key, &w.field).ignore(),
+        };
+    }
+    let result = pipe.query_async::<()>(c).await;
+    if result.is_err() {
+        *conn = None;
+    }
+    result.map_err(|err| StoreError::Unavailable(err.to_string()))
 }

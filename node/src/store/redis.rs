@@ -71,6 +71,20 @@ impl RedisBackend {
         result
     }
 
+    /// A pooled connection to keep across operations: the pool checks a connection with a
+    /// round trip (`UNWATCH` + `PING`) every time it hands one out.
+    pub(super) async fn connection(&self) -> StoreResult<deadpool_redis::Connection> {
+        self.pool
+            .get()
+            .await
+            .map_err(|err| StoreError::Unavailable(format!("redis connection: {err}")))
+    }
+
+    /// Records one operation's duration and outcome (for operations not run through `run`).
+    pub(super) fn record(&self, op: &'static str, took: Duration, ok: bool) {
+        self.metrics.redis_command(op, took, ok);
+    }
+
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix

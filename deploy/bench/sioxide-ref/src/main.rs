@@ -78,7 +78,11 @@ async fn authenticate(
     if token.is_empty() {
         return Err(Unauthorized);
     }
-    let key = format!("{}:token:{}", ctx.prefix, hex::encode(Sha256::digest(token)));
+    let key = format!(
+        "{}:token:{}",
+        ctx.prefix,
+        hex::encode(Sha256::digest(token))
+    );
     let mut redis = ctx.redis.clone();
     let record: Option<String> = redis.get(key).await.map_err(|_| Unauthorized)?;
     let user = record
@@ -149,9 +153,15 @@ async fn events(client: redis::Client, channel: String, io: SocketIo<Adapter>) {
     }
     let mut messages = pubsub.on_message();
     while let Some(msg) = messages.next().await {
-        let Ok(text) = msg.get_payload::<String>() else { continue };
-        let Ok(event) = serde_json::from_str::<Value>(&text) else { continue };
-        let Some(topic) = event.get("topic").and_then(parse_topic) else { continue };
+        let Ok(text) = msg.get_payload::<String>() else {
+            continue;
+        };
+        let Ok(event) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let Some(topic) = event.get("topic").and_then(parse_topic) else {
+            continue;
+        };
         let data = event.get("data").cloned().unwrap_or(Value::Null);
         io.local().to(topic.clone()).emit(&topic, &data).await.ok();
     }
@@ -159,24 +169,38 @@ async fn events(client: redis::Client, channel: String, io: SocketIo<Adapter>) {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3000);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000);
     let host = std::env::var("BIND_HOST").unwrap_or_else(|_| "127.0.0.1".into());
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let prefix = std::env::var("FANOUT_PREFIX").unwrap_or_else(|_| "fanout".into());
 
     // The adapter's drivers speak RESP3.
-    let adapter_url = if url.contains('?') { format!("{url}&protocol=resp3") } else { format!("{url}?protocol=resp3") };
+    let adapter_url = if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    };
     let adapter_client = redis::Client::open(adapter_url)?;
     let adapter = RedisAdapterCtr::new_with_redis(&adapter_client).await?;
     let cmd = ConnectionManager::new(redis::Client::open(url.as_str())?).await?;
-    let ctx = Ctx { redis: cmd, prefix: prefix.clone() };
+    let ctx = Ctx {
+        redis: cmd,
+        prefix: prefix.clone(),
+    };
 
     let (layer, io) = SocketIo::builder()
         .with_state(ctx)
         .with_adapter::<Adapter>(adapter)
         .build_layer();
     io.ns("/", on_connect.with(authenticate)).await?;
-    tokio::spawn(events(redis::Client::open(url.as_str())?, format!("{prefix}:events"), io.clone()));
+    tokio::spawn(events(
+        redis::Client::open(url.as_str())?,
+        format!("{prefix}:events"),
+        io.clone(),
+    ));
 
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
@@ -185,11 +209,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("sioxide-ref listening on {host}:{port}");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         })
         .await?;
