@@ -238,7 +238,7 @@ fn host_port(url: &str) -> Result<String, ClientError> {
     })
 }
 
-async fn with_timeout<T>(
+pub(crate) async fn with_timeout<T>(
     deadline: Instant,
     step: &'static str,
     fut: impl std::future::Future<Output = Result<T, ClientError>>,
@@ -249,11 +249,14 @@ async fn with_timeout<T>(
         .map_err(|_| ClientError::Timeout(step))?
 }
 
-/// Opens a WebSocket to `url` and completes the Engine.IO + Socket.IO handshake for
-/// namespace `/`. A `connect_error` reply is [`ClientError::Unauthorized`].
-pub async fn connect(opts: &ConnectOptions) -> Result<(Connection, Timings), ClientError> {
+/// TCP connect (from `opts.local_ip` if set) and WebSocket upgrade to `path` on `opts.url`'s
+/// host; returns the stream and the time the TCP connect took.
+pub(crate) async fn open_websocket(
+    opts: &ConnectOptions,
+    path: &str,
+    deadline: Instant,
+) -> Result<(WsStream, Duration), ClientError> {
     let start = Instant::now();
-    let deadline = start + opts.timeout;
     let hp = host_port(&opts.url)?;
     let addr: SocketAddr = tokio::net::lookup_host(hp.as_str())
         .await?
@@ -274,8 +277,7 @@ pub async fn connect(opts: &ConnectOptions) -> Result<(Connection, Timings), Cli
     stream.set_nodelay(true)?;
     let tcp = start.elapsed();
 
-    let request =
-        format!("ws://{hp}/socket.io/?EIO=4&transport=websocket").into_client_request()?;
+    let request = format!("ws://{hp}{path}").into_client_request()?;
     let config = WebSocketConfig::default()
         .read_buffer_size(opts.read_buffer)
         .write_buffer_size(0);
@@ -283,6 +285,15 @@ pub async fn connect(opts: &ConnectOptions) -> Result<(Connection, Timings), Cli
         Ok(client_async_with_config(request, stream, Some(config)).await?)
     })
     .await?;
+    Ok((ws, tcp))
+}
+
+/// Opens a WebSocket to `url` and completes the Engine.IO + Socket.IO handshake for
+/// namespace `/`. A `connect_error` reply is [`ClientError::Unauthorized`].
+pub async fn connect(opts: &ConnectOptions) -> Result<(Connection, Timings), ClientError> {
+    let start = Instant::now();
+    let deadline = start + opts.timeout;
+    let (ws, tcp) = open_websocket(opts, "/socket.io/?EIO=4&transport=websocket", deadline).await?;
     let websocket = start.elapsed();
     let (sink, stream) = ws.split();
     let mut reader = Reader { stream };

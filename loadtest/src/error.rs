@@ -76,6 +76,9 @@ pub enum RunError {
     /// Tokens could not be obtained.
     #[error("tokens")]
     Auth(#[from] AuthError),
+    /// `--transport ws` was asked for a workload other than `connect`.
+    #[error("--transport ws is only supported by the connect workload")]
+    TransportNotSupported,
     /// The `redis` workload was started without a Redis URL.
     #[error("the redis workload needs --redis-url")]
     NoRedisUrl,

@@ -10,3 +10,4 @@ pub mod redis_conn;
 pub mod report;
 pub mod scenario;
 pub mod sys;
+pub mod wsclient;

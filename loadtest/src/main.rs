@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use fanout_loadtest::auth::AuthSource;
 use fanout_loadtest::error::{Error, chain};
 use fanout_loadtest::report::Report;
-use fanout_loadtest::scenario::{self, Plan, Workload};
+use fanout_loadtest::scenario::{self, ClientTransport, Plan, Workload};
 use fanout_loadtest::{compare, plot, sys};
 
 #[derive(Parser, Debug)]
@@ -50,8 +50,8 @@ struct RunArgs {
     /// Workload preset: rooms (3000 clients, 30 topics, 200 msg/s), storm (2000 clients,
     /// 1 topic, 20 msg/s), models (REST writes → /Model/POST; 1000 clients, 50 msg/s),
     /// redis (PUBLISH, or SPUBLISH on a cluster, on fanout:events; 2000 clients, 10 topics,
-    /// 200 msg/s), connect
-    /// (10000 idle authenticated connections, connects/s, RSS per connection), soak
+    /// 200 msg/s), connect (10000 authenticated connections each subscribed to 1 of 100
+    /// topics, held idle: connects/s, subscribe acks, RSS per connection), soak
     /// (2000 clients, 20 topics, 100 msg/s for 10 min, samples every 10 s).
     #[arg(value_enum)]
     workload: Workload,
@@ -66,6 +66,10 @@ struct RunArgs {
     /// Subscriber (or, for connect, idle) connections; publishers are extra.
     #[arg(long, short = 'c')]
     clients: Option<usize>,
+    /// Protocol of the clients: socketio, or ws (fanout's plain-WebSocket `/ws`; connect
+    /// workload only).
+    #[arg(long, value_enum, default_value = "socketio")]
+    transport: ClientTransport,
     /// Number of topics; client i subscribes topic i mod T (models: models Load0..LoadT-1).
     #[arg(long, short = 't')]
     topics: Option<usize>,
@@ -91,6 +95,14 @@ struct RunArgs {
     /// connect: how long to hold the idle connections before measuring memory.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     hold: Duration,
+    /// connect: after the hold, publish this many messages of --payload bytes per topic on
+    /// the Redis events channel (needs --seed-redis or --redis-url and --target-pid) and
+    /// report the targets' RSS before, at the peak and after --storm-settle.
+    #[arg(long, default_value_t = 0)]
+    storm_rounds: usize,
+    /// connect: how long to follow RSS after the storm starts.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    storm_settle: Duration,
     /// Handshakes in flight at most.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
@@ -242,7 +254,7 @@ fn preset(w: Workload) -> Preset {
         },
         Workload::Connect => Preset {
             clients: 10_000,
-            topics: 1,
+            topics: 100,
             rate: 0.0,
             publishers: 0,
             duration: s(0),
@@ -305,6 +317,7 @@ fn run_cmd(a: RunArgs) -> Result<(), Error> {
         "workload": a.workload,
         "urls": a.urls,
         "clients": clients,
+        "transport": a.transport,
         "topics": topics,
         "rate": rate,
         "publishers": publishers,
@@ -313,6 +326,8 @@ fn run_cmd(a: RunArgs) -> Result<(), Error> {
         "warmup_s": a.warmup.as_secs_f64(),
         "drain_s": a.drain.as_secs_f64(),
         "hold_s": a.hold.as_secs_f64(),
+        "storm_rounds": a.storm_rounds,
+        "storm_settle_s": a.storm_settle.as_secs_f64(),
         "connect_concurrency": a.connect_concurrency,
         "connect_rate": a.connect_rate,
         "threads": threads,
@@ -329,6 +344,7 @@ fn run_cmd(a: RunArgs) -> Result<(), Error> {
             .unwrap_or_else(|| a.workload.name().to_owned()),
         urls: a.urls.clone(),
         clients,
+        transport: a.transport,
         topics,
         rate,
         publishers,
@@ -337,6 +353,8 @@ fn run_cmd(a: RunArgs) -> Result<(), Error> {
         warmup: a.warmup,
         drain: a.drain,
         hold: a.hold,
+        storm_rounds: a.storm_rounds,
+        storm_settle: a.storm_settle,
         connect_concurrency: a.connect_concurrency,
         connect_rate: a.connect_rate,
         connect_timeout: a.connect_timeout,

@@ -17,8 +17,17 @@ pub enum RedisConn {
 }
 
 impl RedisConn {
-    /// Connects to what `url` names.
+    /// Connects to what `url` names (redis-rs's default reply timeouts).
     pub async fn connect(url: &str) -> RedisResult<Self> {
+        Self::connect_with_timeout(url, None).await
+    }
+
+    /// Connects to what `url` names; every reply may take up to `response_timeout` (a pipeline
+    /// of large publishes to busy subscribers can take seconds).
+    pub async fn connect_with_timeout(
+        url: &str,
+        response_timeout: Option<std::time::Duration>,
+    ) -> RedisResult<Self> {
         let target = fanout_adapter::parse_redis_target(url).map_err(|err| {
             RedisError::from((
                 ErrorKind::InvalidClientConfig,
@@ -29,12 +38,22 @@ impl RedisConn {
         match target {
             fanout_adapter::RedisTarget::Single(url) => {
                 let client = redis::Client::open(url.as_str())?;
+                let mut config = redis::AsyncConnectionConfig::new();
+                if let Some(timeout) = response_timeout {
+                    config = config.set_response_timeout(Some(timeout));
+                }
                 Ok(Self::Single(
-                    client.get_multiplexed_async_connection().await?,
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
                 ))
             }
             fanout_adapter::RedisTarget::Cluster(cluster) => {
-                let client = ClusterClientBuilder::new(cluster.seed_urls()).build()?;
+                let mut builder = ClusterClientBuilder::new(cluster.seed_urls());
+                if let Some(timeout) = response_timeout {
+                    builder = builder.response_timeout(timeout);
+                }
+                let client = builder.build()?;
                 Ok(Self::Cluster(client.get_async_connection().await?))
             }
         }

@@ -398,6 +398,31 @@ pub struct TargetMem {
     pub sockets: Option<f64>,
 }
 
+/// A storm of large messages over idle connections (`connect --storm-rounds`): the
+/// targets' summed RSS before it, at its peak and after it settled.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StormFigures {
+    /// Messages published on the events channel (each to one topic).
+    pub messages: u64,
+    /// Payload of each, bytes.
+    pub payload: u64,
+    /// Time between the first publish and the `after` figure, seconds.
+    pub settle_secs: f64,
+    /// RSS before the storm, bytes.
+    pub rss_before: u64,
+    /// Highest RSS sampled during the storm and the settling, bytes.
+    pub rss_peak: u64,
+    /// RSS after the settling, bytes.
+    pub rss_after: u64,
+}
+
+impl StormFigures {
+    /// How far above the pre-storm RSS the settled RSS still is (0.05 = 5%).
+    pub fn excess(&self) -> f64 {
+        (self.rss_after as f64 - self.rss_before as f64) / (self.rss_before.max(1) as f64)
+    }
+}
+
 /// The load generator's own resource use: makes a saturated generator visible.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct GeneratorStats {
@@ -463,6 +488,9 @@ pub struct Report {
     pub connect_ms: Percentiles,
     /// Successful connects per second during the connect phase.
     pub connects_per_sec: f64,
+    /// Subscribe acknowledgement round trip during the connect phase, ms.
+    #[serde(default)]
+    pub subscribe_ack_ms: Percentiles,
     /// Fan-out latency (publish send → subscriber receive), ms.
     pub latency_ms: Percentiles,
     /// (percentile, ms) points of the latency distribution, for plots.
@@ -486,6 +514,13 @@ pub struct Report {
     pub server: Option<ServerDelivery>,
     /// Growth of the targets' summed RSS per connected client, bytes (connect workload).
     pub rss_per_connection: Option<f64>,
+    /// Growth of the targets' allocated bytes (live objects, from `fanout_allocator_bytes`)
+    /// per connected client (connect workload, fanout targets).
+    #[serde(default)]
+    pub allocated_per_connection: Option<f64>,
+    /// `connect --storm-rounds`: memory before, at the peak of and after a message storm.
+    #[serde(default)]
+    pub storm: Option<StormFigures>,
     /// Periodic samples.
     pub samples: Vec<Sample>,
     /// Honesty warnings: generator saturation, lag, loss, failures.
@@ -522,6 +557,14 @@ impl Report {
             "connect (ms)       p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}   {:.0} connects/s",
             c.p50, c.p90, c.p99, c.p999, c.max, self.connects_per_sec
         );
+        let s = &self.subscribe_ack_ms;
+        if s.max > 0.0 {
+            let _ = writeln!(
+                o,
+                "subscribe ack (ms) p50 {:.2}  p99 {:.2}  max {:.2}",
+                s.p50, s.p99, s.max
+            );
+        }
         if d.published > 0 || d.expected > 0 {
             let _ = writeln!(
                 o,
@@ -594,6 +637,26 @@ impl Report {
         if let Some(per) = self.rss_per_connection {
             let _ = writeln!(o, "RSS per connection {:.1} KB", per / 1000.0);
         }
+        if let Some(per) = self.allocated_per_connection {
+            let _ = writeln!(
+                o,
+                "allocated per conn {:.1} KB (live objects; the rest of RSS is allocator and kernel)",
+                per / 1000.0
+            );
+        }
+        if let Some(s) = &self.storm {
+            let _ = writeln!(
+                o,
+                "storm              {} × {} B: RSS {} → peak {} → {} after {:.0}s ({:+.1}% of before)",
+                s.messages,
+                s.payload,
+                mib(Some(s.rss_before)),
+                mib(Some(s.rss_peak)),
+                mib(Some(s.rss_after)),
+                s.settle_secs,
+                s.excess() * 100.0
+            );
+        }
         for s in &self.failure_samples {
             let _ = writeln!(o, "failure            {s}");
         }
@@ -606,6 +669,23 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn storm_excess_is_relative_to_before() {
+        let s = StormFigures {
+            rss_before: 100,
+            rss_peak: 300,
+            rss_after: 105,
+            ..StormFigures::default()
+        };
+        assert!((s.excess() - 0.05).abs() < 1e-9);
+        let back = StormFigures {
+            rss_before: 100,
+            rss_after: 90,
+            ..s
+        };
+        assert!(back.excess() < 0.0);
+    }
+
     use super::*;
 
     fn st(p: u32, s: u64, t: u64) -> Stamp {

@@ -340,6 +340,9 @@ impl Client {
                     }
                     None => {
                         queue.draining = false;
+                        // An idle connection keeps no queue capacity (a few hundred bytes
+                        // each, once it had a request waiting).
+                        queue.jobs = VecDeque::new();
                         return;
                     }
                 }
@@ -568,6 +571,33 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fixed part of a connection's state in fanout's own structs (docs/BENCHMARKS.md
+    /// quotes these; `cargo test -p fanout-node per_connection_sizes -- --nocapture`).
+    #[test]
+    fn per_connection_sizes() {
+        use std::mem::size_of;
+        let sizes = [
+            ("Client", size_of::<Client>()),
+            ("Outbound", size_of::<crate::delivery::outbound::Outbound>()),
+            ("Session", size_of::<Session>()),
+            ("RequestLimiter", size_of::<RequestLimiter>()),
+            ("Queue", size_of::<Queue>()),
+            (
+                "socketioxide Socket",
+                size_of::<socketioxide::socket::Socket<crate::io::NodeAdapter>>(),
+            ),
+        ];
+        for (name, size) in sizes {
+            println!("{name:<20} {size:>5} B");
+        }
+        assert!(
+            size_of::<Client>() <= 512,
+            "Client grew: {}",
+            size_of::<Client>()
+        );
+        assert!(size_of::<crate::delivery::outbound::Outbound>() <= 256);
+    }
     use crate::auth::{hash_token, new_token, now_rfc3339};
     use crate::methods::MethodRegistry;
     use crate::store::{TokenRecord, UserId};

@@ -280,6 +280,37 @@ pub struct Config {
     /// after connecting; then it is closed (ms).
     #[arg(long, env = "FANOUT_ANONYMOUS_IDLE_MS", default_value_t = 300_000)]
     pub anonymous_idle_ms: u64,
+
+    /// WebSocket read buffer of a connection in bytes, Socket.IO and `/ws` alike: what an idle
+    /// connection holds to read into (a larger frame gets a buffer of its size while it is
+    /// read, in reads of this size).
+    #[arg(long, env = "FANOUT_WS_READ_BUFFER", default_value_t = 1024)]
+    pub ws_read_buffer: usize,
+
+    /// jemalloc purges freed memory from background threads, so an idle node gives back what
+    /// a burst took (false: only when the arena allocates again).
+    #[arg(long, env = "FANOUT_ALLOC_BACKGROUND_THREADS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub alloc_background_threads: bool,
+
+    /// How long jemalloc keeps freed pages resident for reuse before purging them (ms;
+    /// -1 = never).
+    #[arg(
+        long,
+        env = "FANOUT_ALLOC_DIRTY_DECAY_MS",
+        default_value_t = 10_000,
+        allow_negative_numbers = true
+    )]
+    pub alloc_dirty_decay_ms: i64,
+
+    /// How long jemalloc keeps lazily purged pages mapped before releasing them (ms; -1 =
+    /// never).
+    #[arg(
+        long,
+        env = "FANOUT_ALLOC_MUZZY_DECAY_MS",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub alloc_muzzy_decay_ms: i64,
 }
 
 /// Raises the soft open-file limit to the hard one, as servers commonly do at start (a
@@ -343,8 +374,28 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// The allocator tuning these settings ask for.
+    pub fn alloc_tuning(&self) -> crate::alloc::AllocTuning {
+        crate::alloc::AllocTuning {
+            background_threads: self.alloc_background_threads,
+            dirty_decay_ms: self.alloc_dirty_decay_ms,
+            muzzy_decay_ms: self.alloc_muzzy_decay_ms,
+        }
+    }
+
     /// Checks relations between settings that clap cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ws_read_buffer < 64 {
+            return Err(ConfigError(
+                "FANOUT_WS_READ_BUFFER must be at least 64 bytes".into(),
+            ));
+        }
+        if self.alloc_dirty_decay_ms < -1 || self.alloc_muzzy_decay_ms < -1 {
+            return Err(ConfigError(
+                "FANOUT_ALLOC_DIRTY_DECAY_MS and FANOUT_ALLOC_MUZZY_DECAY_MS must be -1 or more"
+                    .into(),
+            ));
+        }
         // Braces would make the prefix every key's Redis Cluster hash tag (store::keys).
         if self.prefix.is_empty()
             || self
@@ -607,6 +658,35 @@ mod tests {
         }
         let cfg = Config::parse_from(["fanout-node", "--prefix", "a{b}"]);
         assert!(cfg.validate().is_err(), "braces in the prefix");
+    }
+
+    #[test]
+    fn memory_settings_parse_and_validate() {
+        let cfg = Config::parse_from([
+            "fanout-node",
+            "--ws-read-buffer",
+            "4096",
+            "--alloc-background-threads",
+            "false",
+            "--alloc-dirty-decay-ms",
+            "-1",
+        ]);
+        assert!(cfg.validate().is_ok());
+        let tuning = cfg.alloc_tuning();
+        assert!(!tuning.background_threads);
+        assert_eq!((tuning.dirty_decay_ms, tuning.muzzy_decay_ms), (-1, 0));
+        assert_eq!(cfg.ws_read_buffer, 4096);
+        assert_eq!(Config::for_tests().ws_read_buffer, 1024);
+
+        let mut tiny = Config::for_tests();
+        tiny.ws_read_buffer = 10;
+        assert!(tiny.validate().is_err());
+        let mut never = Config::for_tests();
+        never.alloc_muzzy_decay_ms = -2;
+        assert!(never.validate().is_err());
+        assert!(
+            Config::try_parse_from(["fanout-node", "--alloc-background-threads", "maybe"]).is_err()
+        );
     }
 
     #[test]

@@ -43,6 +43,7 @@
 //!
 //! [`serve`] runs a node on a listener and returns after a graceful shutdown.
 
+pub mod alloc;
 pub mod auth;
 mod bus;
 mod client;
@@ -151,7 +152,7 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
                 )))),
                 users: Arc::new(RedisUserStore(backend.clone())),
                 models: Arc::new(RedisModelStore(backend.clone())),
-                presence: Arc::new(RedisPresenceStore(backend.clone())),
+                presence: Arc::new(RedisPresenceStore::new(backend.clone())),
                 chat: Arc::new(RedisChatStore(backend)),
             }
         }
@@ -182,6 +183,7 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         .ping_timeout(Duration::from_millis(cfg.ping_timeout_ms))
         .max_payload(cfg.max_payload as u64)
         .max_buffer_size(cfg.client_queue_messages)
+        .ws_read_buffer_size(cfg.ws_read_buffer)
         .ws_max_message_size(cfg.max_payload)
         .ws_max_frame_size(cfg.max_payload)
         // A binary packet is buffered until its last attachment: bound its count, its total

@@ -8,7 +8,9 @@ use tracing_subscriber::EnvFilter;
 /// jemalloc returns freed memory to the OS over time. glibc's malloc raises its mmap
 /// threshold after the first 19 MiB argon2 buffer is freed and then keeps every later one in
 /// its arenas: a node that had served a few dozen logins sat at ~300 MiB before holding a
-/// single connection.
+/// single connection. (Feature `system-allocator` builds with glibc's malloc instead, to
+/// measure the difference: docs/BENCHMARKS.md.)
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -38,8 +40,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let open_files = fanout_node::config::raise_open_file_limit();
     let cfg = Config::parse();
     init_tracing(&cfg);
@@ -47,6 +48,24 @@ async fn main() -> std::process::ExitCode {
         tracing::error!("{err}");
         return std::process::ExitCode::from(2);
     }
+    // Before the runtime's threads take their arenas.
+    if let Err(err) = fanout_node::alloc::tune(&cfg.alloc_tuning()) {
+        tracing::warn!(%err, "allocator tuning not applied");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(%err, "cannot start the runtime");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    runtime.block_on(run(cfg, open_files))
+}
+
+async fn run(cfg: Config, open_files: Option<u64>) -> std::process::ExitCode {
     tracing::info!(
         bind = %cfg.bind,
         redis = cfg.redis_url.as_deref().map(redact).unwrap_or_else(|| "embedded".into()),

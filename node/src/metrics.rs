@@ -204,6 +204,15 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), node_id])
             .set(1);
+        // jemalloc's figures mean nothing when it is not the allocator.
+        #[cfg(not(feature = "system-allocator"))]
+        {
+            let allocator = crate::alloc::AllocatorCollector::new()
+                .unwrap_or_else(|err| panic!("metric fanout_allocator_bytes: {err}"));
+            registry
+                .register(Box::new(allocator))
+                .unwrap_or_else(|err| panic!("allocator metrics registration: {err}"));
+        }
 
         let sockets_connected = IntGaugeVec::new(
             Opts::new(

@@ -23,7 +23,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use axum::http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -195,6 +195,28 @@ fn request_timeout() -> Response<Body> {
     response
 }
 
+/// For a Socket.IO request or a WebSocket upgrade: the request's URI and header values copied
+/// into allocations of their own. hyper parses them as slices of the connection's 8 KiB read
+/// buffer, and engineioxide keeps a session's first request parts for the session's whole
+/// life — with them the buffer, ~8 KB per idle connection. Other requests are left alone.
+fn own_parts(req: Request<Body>) -> Request<Body> {
+    let upgrade = req.headers().contains_key(header::UPGRADE);
+    if !(upgrade || req.uri().path().starts_with("/socket.io")) {
+        return req;
+    }
+    let (mut parts, body) = req.into_parts();
+    if let Ok(uri) = Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+    }
+    for value in parts.headers.values_mut() {
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(value.is_sensitive());
+            *value = copy;
+        }
+    }
+    Request::from_parts(parts, body)
+}
+
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -204,7 +226,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let in_flight = self.addr.conn.request_started();
-        let mut req = req.map(Body::new);
+        let mut req = own_parts(req.map(Body::new));
         req.extensions_mut().insert(ConnectInfo(self.addr.clone()));
         let router = self.router.clone();
         let (deadline, metrics) = (self.deadline, self.metrics.clone());
@@ -225,6 +247,55 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `part` lies inside `buf`.
+    fn inside(buf: &bytes::Bytes, part: &[u8]) -> bool {
+        let range = buf.as_ptr_range();
+        range.contains(&part.as_ptr())
+    }
+
+    /// What hyper does: URI and header values as slices of the read buffer. After
+    /// `own_parts`, nothing of a Socket.IO request or an upgrade points into it any more.
+    #[test]
+    fn upgrade_requests_let_go_of_the_read_buffer() {
+        let buf = bytes::Bytes::from_static(b"/socket.io/?EIO=4&transport=websocket websocket abc");
+        let shared = |from: usize, to: usize| buf.slice(from..to);
+        let request = |path: bytes::Bytes| {
+            let mut req = Request::new(Body::empty());
+            *req.uri_mut() = Uri::from_maybe_shared(path).expect("uri");
+            req.headers_mut().insert(
+                header::UPGRADE,
+                HeaderValue::from_maybe_shared(shared(38, 47)).expect("value"),
+            );
+            req.headers_mut().insert(
+                header::SEC_WEBSOCKET_KEY,
+                HeaderValue::from_maybe_shared(shared(48, 51)).expect("value"),
+            );
+            req
+        };
+        let before = request(shared(0, 37));
+        assert!(
+            inside(&buf, before.uri().path().as_bytes()),
+            "the test's premise"
+        );
+        let after = own_parts(before);
+        assert_eq!(after.uri().query(), Some("EIO=4&transport=websocket"));
+        assert!(!inside(&buf, after.uri().path().as_bytes()));
+        for value in after.headers().values() {
+            assert!(!inside(&buf, value.as_bytes()));
+        }
+        assert_eq!(after.headers()[header::SEC_WEBSOCKET_KEY], "abc");
+
+        // Anything else keeps its parts as they are.
+        let mut other = request(shared(0, 10));
+        other.headers_mut().remove(header::UPGRADE);
+        *other.uri_mut() = Uri::from_static("/api/users");
+        let other = own_parts(other);
+        assert!(inside(
+            &buf,
+            other.headers()[header::SEC_WEBSOCKET_KEY].as_bytes()
+        ));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_means_nothing_in_flight_and_nothing_moving() {

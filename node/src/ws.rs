@@ -14,13 +14,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Extension;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
-use futures_util::{SinkExt, StreamExt};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, StreamExt};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tracing::Instrument;
 
 use crate::auth::Session;
@@ -36,8 +46,15 @@ use crate::state::AppState;
 use crate::store::ConnKey;
 use crate::topics::Topic;
 
-/// Read buffer of a `/ws` connection (grows for larger frames, up to `FANOUT_MAX_PAYLOAD`).
-pub const READ_BUFFER: usize = 4096;
+/// Largest WebSocket frame written: a bigger text message goes out in fragments of this
+/// size. tungstenite copies every frame into a write buffer that keeps, for the connection's
+/// whole life, the capacity of the largest frame it ever held; fragments bound it (with 4 KiB
+/// fragments, 10,000 idle connections still held 49 MB after a storm of 32 KiB messages;
+/// the price is a write call per fragment for large messages).
+pub const FRAGMENT: usize = 512;
+
+/// A `/ws` connection's WebSocket.
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Close codes.
 mod close {
@@ -91,27 +108,112 @@ fn close_code(reason: CloseReason) -> u16 {
     }
 }
 
-/// `GET /ws`: upgrades to the plain-WebSocket protocol.
+/// Why a `GET /ws` is not a WebSocket handshake (the statuses axum's extractor answers).
+#[derive(Debug, thiserror::Error)]
+enum NotWebSocket {
+    #[error("Connection header did not include 'upgrade'")]
+    Connection,
+    #[error("`Upgrade` header did not include 'websocket'")]
+    Upgrade,
+    #[error("`Sec-WebSocket-Version` header did not include '13'")]
+    Version,
+    #[error("`Sec-WebSocket-Key` header missing")]
+    Key,
+    #[error("WebSocket request couldn't be upgraded since no upgrade state was present")]
+    NotUpgradable,
+}
+
+impl IntoResponse for NotWebSocket {
+    fn into_response(self) -> Response {
+        let status = match self {
+            NotWebSocket::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        (status, self.to_string()).into_response()
+    }
+}
+
+/// True when header `name` lists `token` (comma-separated, case-insensitive).
+fn lists(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    })
+}
+
+/// Checks the handshake headers (RFC 6455 4.2.1); returns the key to answer.
+fn handshake_key(headers: &HeaderMap) -> Result<HeaderValue, NotWebSocket> {
+    if !lists(headers, header::CONNECTION, "upgrade") {
+        return Err(NotWebSocket::Connection);
+    }
+    if !lists(headers, header::UPGRADE, "websocket") {
+        return Err(NotWebSocket::Upgrade);
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(NotWebSocket::Version);
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .cloned()
+        .ok_or(NotWebSocket::Key)
+}
+
+/// `GET /ws`: upgrades to the plain-WebSocket protocol. The upgrade is done here on
+/// tokio-tungstenite rather than through axum's extractor, to own the WebSocket's
+/// configuration and how frames are written ([`FRAGMENT`]).
 pub async fn ws_upgrade(
     State(state): State<AppState>,
     tcp: Option<Extension<ConnectInfo<TrackedAddr>>>,
-    upgrade: WebSocketUpgrade,
+    mut req: Request,
 ) -> Response {
-    let max = state.cfg.max_payload;
+    let key = match handshake_key(req.headers()) {
+        Ok(key) => key,
+        Err(err) => return err.into_response(),
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
+        return NotWebSocket::NotUpgradable.into_response();
+    };
+    drop(req);
     let conn = tcp.map(|Extension(ConnectInfo(addr))| addr.conn);
-    upgrade
-        .max_message_size(max)
-        .max_frame_size(max)
+    let (max, read_buffer) = (state.cfg.max_payload, state.cfg.ws_read_buffer);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
         // tungstenite's defaults (128 KiB read buffer, 128 KiB write batching) cost ~100 KB
         // per idle connection; frames here are small JSON, and every push is flushed anyway.
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| run_connection(state, socket, conn))
+        let config = WebSocketConfig::default()
+            .read_buffer_size(read_buffer)
+            .write_buffer_size(0)
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max));
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        run_connection(state, socket, conn).await;
+    });
+    let accept = derive_accept_key(key.as_bytes());
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
 }
 
 async fn run_connection(
     state: AppState,
-    socket: WebSocket,
+    socket: Socket,
     conn: Option<crate::listener::ConnHandle>,
 ) {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -149,7 +251,7 @@ async fn serve(
     state: &AppState,
     client: &Arc<Client>,
     outbox: &Outbox,
-    socket: WebSocket,
+    socket: Socket,
     rx: &mut mpsc::Receiver<WsOut>,
 ) -> &'static str {
     let (mut sink, mut stream) = socket.split();
@@ -162,7 +264,7 @@ async fn serve(
 
     let close_with = |code: u16, reason: &'static str| {
         Message::Close(Some(CloseFrame {
-            code,
+            code: CloseCode::from(code),
             reason: Utf8Bytes::from_static(reason),
         }))
     };
@@ -201,7 +303,7 @@ async fn serve(
                         }
                     }
                     Message::Close(_) => return "client_close",
-                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                 }
             }
             outbound = rx.recv() => {
@@ -215,7 +317,7 @@ async fn serve(
                 };
                 // A client that stopped reading blocks this write; it gets as long as a silent
                 // client gets, then its connection is dropped whatever its queue holds.
-                match tokio::time::timeout(silence_limit, sink.send(message)).await {
+                match tokio::time::timeout(silence_limit, send(&mut sink, message)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return "transport_error",
                     Err(_) => {
@@ -249,6 +351,32 @@ async fn serve(
             }
         }
     }
+}
+
+/// Sends `message`; a text message longer than [`FRAGMENT`] goes out as a fragmented message
+/// (RFC 6455 5.4), which every client reassembles.
+async fn send<S>(sink: &mut S, message: Message) -> Result<(), tungstenite::Error>
+where
+    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let text = match message {
+        Message::Text(text) if text.len() > FRAGMENT => text,
+        other => return sink.send(other).await,
+    };
+    let bytes = Bytes::from(text);
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = (start + FRAGMENT).min(bytes.len());
+        let opcode = if start == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let fragment = Frame::message(bytes.slice(start..end), opcode, end == bytes.len());
+        sink.feed(Message::Frame(fragment)).await?;
+        start = end;
+    }
+    sink.flush().await
 }
 
 /// Answers a request with a reply frame, queued within the connection's budget.
@@ -292,6 +420,81 @@ fn error_reply(callback_id: Value, err: &AppError) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message longer than FRAGMENT leaves as fragments (the first frame has FIN unset)
+    /// and arrives whole; a short one is one frame.
+    #[tokio::test]
+    async fn long_messages_are_fragmented() {
+        use tokio::io::AsyncReadExt;
+        let (server_io, mut client_io) = tokio::io::duplex(1 << 20);
+        let mut server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+        // 2 × FRAGMENT + 1 bytes: three fragments, the first border inside a character.
+        let long = format!("a{}", "é".repeat(FRAGMENT));
+        send(&mut server, Message::Text(Utf8Bytes::from(long.clone())))
+            .await
+            .expect("send");
+        send(&mut server, Message::text("short"))
+            .await
+            .expect("send");
+        let header = |len: usize| if len < 126 { 2 } else { 4 };
+        let expected = 2 * (FRAGMENT + header(FRAGMENT)) + (1 + header(1)) + (5 + header(5));
+        let mut raw = vec![0u8; expected];
+        let mut got = 0;
+        while got < expected {
+            got += client_io.read(&mut raw[got..]).await.expect("read");
+        }
+        assert_eq!(raw[0], 0x01, "first fragment: text, FIN unset");
+        let mut client = WebSocketStream::from_partially_read(
+            client_io,
+            raw[..got].to_vec(),
+            Role::Client,
+            None,
+        )
+        .await;
+        let whole = client.next().await.expect("a message").expect("valid");
+        assert_eq!(whole, Message::Text(Utf8Bytes::from(long)));
+        let short = client.next().await.expect("a message").expect("valid");
+        assert_eq!(short, Message::text("short"));
+    }
+
+    #[test]
+    fn handshake_headers_are_checked() {
+        let mut headers = HeaderMap::new();
+        assert!(matches!(
+            handshake_key(&headers),
+            Err(NotWebSocket::Connection)
+        ));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(matches!(
+            handshake_key(&headers),
+            Err(NotWebSocket::Upgrade)
+        ));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert!(matches!(
+            handshake_key(&headers),
+            Err(NotWebSocket::Version)
+        ));
+        headers.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        assert!(matches!(handshake_key(&headers), Err(NotWebSocket::Key)));
+        headers.insert(
+            header::SEC_WEBSOCKET_KEY,
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        assert_eq!(
+            handshake_key(&headers).ok(),
+            Some(HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
+        );
+        assert_eq!(
+            NotWebSocket::Key.into_response().status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
 
     #[test]
     fn reply_shapes() {

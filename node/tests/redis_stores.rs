@@ -159,7 +159,7 @@ fn stores(url: &str, prefix: &str) -> Stores {
         tokens: RedisTokenStore(backend.clone()),
         users: Arc::new(RedisUserStore(backend.clone())),
         models: Arc::new(RedisModelStore(backend.clone())),
-        presence: RedisPresenceStore(backend.clone()),
+        presence: RedisPresenceStore::new(backend.clone()),
         chat: Arc::new(RedisChatStore(backend.clone())),
         backend,
     }
@@ -422,6 +422,25 @@ async fn presence_and_chat(s: &Stores) {
         s.presence.members("t").await.unwrap(),
         vec![UserId::new("1")]
     );
+    // Concurrent joins on many topics go out as one batch: on a cluster its writes land on
+    // many slots, which one pipeline cannot carry (CROSSSLOT).
+    let joins = (0..64).map(|i| {
+        let conn = ConnKey(format!("live/sio/burst{i}"));
+        async move {
+            s.presence
+                .join(&format!("burst-{i}"), &conn, &UserId::new("9"))
+                .await
+        }
+    });
+    for result in futures_util::future::join_all(joins).await {
+        result.expect("a join of the burst");
+    }
+    for i in [0, 17, 63] {
+        assert_eq!(
+            s.presence.members(&format!("burst-{i}")).await.unwrap(),
+            vec![UserId::new("9")]
+        );
+    }
 
     let member = |conn: &str, user: &str| ChatMember {
         conn: ConnKey(conn.into()),

@@ -10,12 +10,13 @@ use serde_json::json;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use super::Plan;
 use super::shared::{Shared, source_ip};
+use super::{ClientTransport, Plan};
 use crate::auth::Tokens;
 use crate::client::{ConnectOptions, Connection, Incoming, connect};
 use crate::report::{self, Stamped, Tracker};
 use crate::sys;
+use crate::wsclient::connect_ws;
 
 /// What the connect phase leaves: the running clients and how connecting went.
 pub(super) struct Connected {
@@ -29,6 +30,8 @@ pub(super) struct Connected {
     pub per_sec: f64,
     /// CPU seconds the generator spent connecting.
     pub cpu_secs: f64,
+    /// Busy fraction of the whole machine while connecting (generator and targets).
+    pub machine_busy: f64,
 }
 
 /// Connects and subscribes every client, at most `connect_concurrency` handshakes in
@@ -43,6 +46,7 @@ pub(super) async fn connect_all(
 ) -> Connected {
     let connect_start = Instant::now();
     let cpu0 = sys::self_cpu_secs();
+    let m0 = sys::machine_cpu();
     let sem = Arc::new(Semaphore::new(plan.connect_concurrency.max(1)));
     let mut clients = JoinSet::new();
     let pacing =
@@ -62,20 +66,28 @@ pub(super) async fn connect_all(
         opts.auth = Some(json!({ "token": tokens.tokens[i % tokens.tokens.len()] }));
         opts.local_ip = source_ip(i, source_ips);
         opts.timeout = plan.connect_timeout;
-        let topics = if plan.workload.publishes() {
-            vec![(i % topics_n) as u32]
-        } else {
-            Vec::new()
+        // Every client subscribes one topic; `connect` clients then sit idle.
+        let topics = vec![(i % topics_n) as u32];
+        match plan.transport {
+            ClientTransport::Socketio => clients.spawn(client_task(
+                i,
+                opts,
+                topics,
+                names.clone(),
+                sh.clone(),
+                permit,
+                stop.clone(),
+            )),
+            ClientTransport::Ws => clients.spawn(ws_client_task(
+                i,
+                opts,
+                topics,
+                names.clone(),
+                sh.clone(),
+                permit,
+                stop.clone(),
+            )),
         };
-        clients.spawn(client_task(
-            i,
-            opts,
-            topics,
-            names.clone(),
-            sh.clone(),
-            permit,
-            stop.clone(),
-        ));
     }
     // All handshakes done when every permit is back.
     let all = sem
@@ -83,6 +95,7 @@ pub(super) async fn connect_all(
         .await;
     drop(all);
     let cpu_secs = sys::self_cpu_secs() - cpu0;
+    let m1 = sys::machine_cpu();
     let count = sh.connected.load(Ordering::Relaxed);
     let elapsed = sh
         .last_connect_ok
@@ -101,6 +114,7 @@ pub(super) async fn connect_all(
         elapsed,
         per_sec,
         cpu_secs,
+        machine_busy: (m1.0 - m0.0) as f64 / ((m1.1 - m0.1) as f64).max(1.0),
     }
 }
 
@@ -179,10 +193,14 @@ async fn client_task(
     let mut tracker = Tracker::new(Vec::with_capacity(topics.len()));
     for t in topics {
         let name = &names[t as usize];
+        let asked = Instant::now();
         let res = match conn.writer.emit_with_ack("subscribe", &json!([name])).await {
             Ok(id) => wait_ack(&mut conn, id, opts.timeout).await,
             Err(e) => Err(e.to_string()),
         };
+        if res.is_ok() {
+            sh.subscribed(asked.elapsed());
+        }
         match res {
             Ok(args) if ack_ok(&args) => {
                 tracker.topics.push(t);
@@ -229,5 +247,68 @@ async fn client_task(
         }
     }
     let _ = conn.writer.close().await;
+    Some(tracker)
+}
+
+/// One idle `/ws` client (connect workload): connect, authenticate, subscribe, then read
+/// until stop.
+async fn ws_client_task(
+    i: usize,
+    opts: ConnectOptions,
+    topics: Vec<u32>,
+    names: Arc<Vec<String>>,
+    sh: Arc<Shared>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    mut stop: watch::Receiver<bool>,
+) -> Option<Tracker> {
+    let (mut conn, timings) = match connect_ws(&opts).await {
+        Ok(c) => c,
+        Err(e) => {
+            if e.is_auth() {
+                sh.auth_failed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                sh.connect_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            sh.failure(format!("client {i} → {}/ws: {e}", opts.url));
+            return None;
+        }
+    };
+    if let Ok(mut h) = sh.connect_hist.lock() {
+        h.saturating_record((timings.total.as_micros() as u64).max(1));
+    }
+    let mut tracker = Tracker::new(Vec::with_capacity(topics.len()));
+    for t in topics {
+        let name = &names[t as usize];
+        let asked = Instant::now();
+        let res = tokio::time::timeout(
+            opts.timeout,
+            conn.request("subscribe", json!({ "topic": name })),
+        )
+        .await;
+        match res {
+            Ok(Ok(_)) => {
+                sh.subscribed(asked.elapsed());
+                tracker.topics.push(t);
+                sh.subs_per_topic[t as usize].fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => sh.failure(format!("client {i}: subscribe {name}: {e}")),
+            Err(_) => sh.failure(format!("client {i}: subscribe {name}: ack timeout")),
+        }
+    }
+    sh.connected.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut l) = sh.last_connect_ok.lock() {
+        *l = Some(Instant::now());
+    }
+    drop(permit);
+    tokio::select! {
+        biased;
+        _ = stop.changed() => {}
+        _ = conn.idle() => {
+            sh.disconnects.fetch_add(1, Ordering::Relaxed);
+            sh.connected.fetch_sub(1, Ordering::Relaxed);
+            return Some(tracker);
+        }
+    }
+    let _ = conn.close().await;
     Some(tracker)
 }

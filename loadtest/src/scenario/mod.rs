@@ -20,6 +20,7 @@ mod clients;
 mod monitor;
 mod publishers;
 mod shared;
+mod storm;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,14 +33,14 @@ use tokio::sync::watch;
 use crate::auth::{self, AuthSource, Tokens};
 use crate::error::RunError;
 use crate::report::{
-    self, GeneratorStats, Percentiles, PublisherLedger, Report, Sample, ServerDelivery, TargetMem,
-    Tracker,
+    self, GeneratorStats, Percentiles, PublisherLedger, Report, Sample, ServerDelivery,
+    StormFigures, TargetMem, Tracker,
 };
 use crate::sys;
 use monitor::{Snapshot, TargetProbe, sum_rss};
 use shared::{Shared, topic_names};
 
-pub use monitor::{parse_delivery, parse_metrics};
+pub use monitor::{parse_allocated, parse_delivery, parse_metrics};
 pub use shared::publisher_topics;
 
 /// The named workloads.
@@ -54,8 +55,8 @@ pub enum Workload {
     Models,
     /// Raw `PUBLISH` on the Redis events channel (`{"topic","data"}`): external producers.
     Redis,
-    /// Connection storm: connects/s, handshake latency, then hold N idle authenticated
-    /// connections and measure the targets' RSS per connection.
+    /// Connection storm: connects/s, handshake latency, subscribe (one topic each), then
+    /// hold N idle authenticated connections and measure the targets' RSS per connection.
     Connect,
     /// Long `rooms`-like run that samples loss and the targets' memory periodically.
     Soak,
@@ -79,6 +80,18 @@ impl Workload {
     }
 }
 
+/// The protocol the subscriber (or idle) clients speak.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTransport {
+    /// Socket.IO v5 over a WebSocket (`/socket.io/`, namespace `/`).
+    Socketio,
+    /// fanout's plain-WebSocket endpoint `/ws` (connect workload only).
+    Ws,
+}
+
 /// Everything a run needs (the CLI fills it from a preset plus flags).
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -90,6 +103,8 @@ pub struct Plan {
     pub urls: Vec<String>,
     /// Subscriber (or idle) connections.
     pub clients: usize,
+    /// Protocol of those connections.
+    pub transport: ClientTransport,
     /// Topics.
     pub topics: usize,
     /// Total publish rate, messages/s.
@@ -106,6 +121,10 @@ pub struct Plan {
     pub drain: Duration,
     /// `connect`: how long to hold the idle connections.
     pub hold: Duration,
+    /// `connect`: messages per topic of the storm after the hold (0 = no storm).
+    pub storm_rounds: usize,
+    /// `connect`: how long to follow RSS after the storm starts.
+    pub storm_settle: Duration,
     /// Handshakes in flight at most.
     pub connect_concurrency: usize,
     /// New connections per second (0 = as fast as the concurrency allows).
@@ -151,6 +170,10 @@ struct Measured {
     after: Snapshot,
     /// `connect`: RSS growth of the targets per held connection.
     rss_per_connection: Option<f64>,
+    /// `connect`: growth of the targets' allocated bytes (allocator figure) per connection.
+    allocated_per_connection: Option<f64>,
+    /// `connect --storm-rounds`: memory around a message storm.
+    storm: Option<StormFigures>,
 }
 
 /// Runs `plan` and returns its report.
@@ -169,6 +192,7 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
     let http = auth::http_client();
     let probe = TargetProbe::new(http.clone(), &plan);
     let before = probe.snapshot().await;
+    let allocated_before = probe.allocated().await;
     let delivery_before = probe.delivery().await;
     let (stop_tx, stop_rx) = watch::channel(false);
     let lag = monitor::spawn_lag_probe(sh.clone(), stop_rx.clone());
@@ -186,8 +210,18 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
     let measured = if plan.workload.publishes() {
         publishers::publish_all(&plan, &names, &tokens, source_ips, &sh, &http, &probe, &pb).await?
     } else {
-        hold(&plan, &sh, &probe, &pb, &connected, sum_rss(&before)).await
+        let before = (sum_rss(&before), allocated_before);
+        hold(&plan, &sh, &probe, &pb, &connected, before).await
     };
+    let mut measured = measured;
+    if plan.workload == Workload::Connect && plan.storm_rounds > 0 {
+        pb.set_message("storm");
+        // A failed storm leaves the connect figures standing.
+        match storm::run(&plan, &names).await {
+            Ok(figures) => measured.storm = figures,
+            Err(err) => sh.failure(format!("storm: {}", crate::error::chain(&err))),
+        }
+    }
     let delivery_after = probe.delivery().await;
     let server = match (delivery_before, delivery_after) {
         (Some(b), Some(a)) => Some(ServerDelivery {
@@ -250,6 +284,9 @@ fn check_limits(plan: &Plan) -> Result<usize, RunError> {
     if plan.urls.is_empty() {
         return Err(RunError::NoTarget);
     }
+    if plan.transport == ClientTransport::Ws && plan.workload != Workload::Connect {
+        return Err(RunError::TransportNotSupported);
+    }
     Ok(if plan.source_ips > 0 {
         plan.source_ips
     } else if needed > 25_000 {
@@ -280,27 +317,30 @@ async fn hold(
     probe: &TargetProbe,
     pb: &ProgressBar,
     connected: &clients::Connected,
-    rss_before: Option<u64>,
+    (rss_before, allocated_before): (Option<u64>, Option<u64>),
 ) -> Measured {
     pb.set_message("holding idle connections");
     sh.measuring.store(true, Ordering::Relaxed);
-    let m0 = sys::machine_cpu();
     tokio::time::sleep(plan.hold).await;
-    let m1 = sys::machine_cpu();
     sh.measuring.store(false, Ordering::Relaxed);
     let after = probe.snapshot().await;
     let held = sh.connected.load(Ordering::Relaxed);
-    let rss_per_connection = match (rss_before, sum_rss(&after)) {
+    let per_connection = |before: Option<u64>, after: Option<u64>| match (before, after) {
         (Some(b), Some(a)) if held > 0 => Some((a as f64 - b as f64) / held as f64),
         _ => None,
     };
+    let rss_per_connection = per_connection(rss_before, sum_rss(&after));
+    let allocated_per_connection = per_connection(allocated_before, probe.allocated().await);
     Measured {
         ledgers: Vec::new(),
         window: connected.elapsed,
         cpu_secs: connected.cpu_secs,
-        machine_busy: (m1.0 - m0.0) as f64 / ((m1.1 - m0.1) as f64).max(1.0),
+        // The connect phase's: connects/s depends on it, idle holding does not.
+        machine_busy: connected.machine_busy,
         after,
         rss_per_connection,
+        allocated_per_connection,
+        storm: None,
     }
 }
 
@@ -332,6 +372,8 @@ fn build_report(
         cpu_secs: cpu_window,
         machine_busy: busy_window,
         rss_per_connection,
+        allocated_per_connection,
+        storm,
         ..
     } = measured;
     let connected_n = connect.count;
@@ -345,6 +387,11 @@ fn build_report(
         .unwrap_or_else(|_| report::new_histogram());
     let connect_h = sh
         .connect_hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| report::new_histogram());
+    let subscribe_h = sh
+        .subscribe_hist
         .lock()
         .map(|h| h.clone())
         .unwrap_or_else(|_| report::new_histogram());
@@ -376,6 +423,7 @@ fn build_report(
         failure_samples: sh.failures.lock().map(|f| f.clone()).unwrap_or_default(),
         connect_ms: Percentiles::from_us(&connect_h),
         connects_per_sec,
+        subscribe_ack_ms: Percentiles::from_us(&subscribe_h),
         latency_ms: Percentiles::from_us(&lat),
         latency_curve: report::percentile_curve(&lat),
         publish_ack_ms: Percentiles::from_us(&sh.acks.merged()),
@@ -391,6 +439,8 @@ fn build_report(
         targets_mem: mem,
         server: if workload.publishes() { server } else { None },
         rss_per_connection,
+        allocated_per_connection,
+        storm,
         samples,
         warnings: Vec::new(),
     };
@@ -517,6 +567,9 @@ fanout_messages_dropped_total{reason=\"closed\",transport=\"socketio\"} 2\n";
         let text = "# HELP x\nprocess_resident_memory_bytes 1.2e+07\n\
 fanout_sockets_connected{namespace=\"/\"} 42\nfanout_sockets_connected{namespace=\"/chat\"} 1\n";
         assert_eq!(parse_metrics(text), (Some(12_000_000), Some(42.0)));
+        assert_eq!(parse_allocated(text), None);
+        let text = "fanout_allocator_bytes{kind=\"active\"} 9\nfanout_allocator_bytes{kind=\"allocated\"} 7340032\n";
+        assert_eq!(parse_allocated(text), Some(7_340_032));
     }
 
     #[test]

@@ -77,7 +77,32 @@ pub fn parse_delivery(text: &str) -> Option<ServerDelivery> {
     seen.then_some(out)
 }
 
+/// `fanout_allocator_bytes{kind="allocated"}` (bytes in live objects, jemalloc) from
+/// Prometheus text; None for a server that does not export it.
+pub fn parse_allocated(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("fanout_allocator_bytes{kind=\"allocated\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
 impl TargetProbe {
+    /// The targets' allocated bytes (allocator figure), summed; None when none exports it.
+    pub(super) async fn allocated(&self) -> Option<u64> {
+        let mut sum = None;
+        for url in &self.urls {
+            if let Some(v) = self
+                .metrics_text(url)
+                .await
+                .as_deref()
+                .and_then(parse_allocated)
+            {
+                *sum.get_or_insert(0) += v;
+            }
+        }
+        sum
+    }
+
     /// The targets' delivery counters, summed; None when no target exports them.
     pub(super) async fn delivery(&self) -> Option<ServerDelivery> {
         let mut sum: Option<ServerDelivery> = None;

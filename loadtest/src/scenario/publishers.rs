@@ -92,6 +92,8 @@ pub(super) async fn publish_all(
         machine_busy,
         after,
         rss_per_connection: None,
+        allocated_per_connection: None,
+        storm: None,
     })
 }
 

@@ -26,6 +26,7 @@ pub(super) struct Shared {
     pub(super) latency: ShardedHistogram,
     pub(super) acks: ShardedHistogram,
     pub(super) connect_hist: Mutex<Histogram<u64>>,
+    pub(super) subscribe_hist: Mutex<Histogram<u64>>,
     pub(super) lag_hist: Mutex<Histogram<u64>>,
     pub(super) failures: Mutex<Vec<String>>,
     pub(super) last_connect_ok: Mutex<Option<Instant>>,
@@ -48,6 +49,7 @@ impl Shared {
             latency: ShardedHistogram::new(64),
             acks: ShardedHistogram::new(16),
             connect_hist: Mutex::new(report::new_histogram()),
+            subscribe_hist: Mutex::new(report::new_histogram()),
             lag_hist: Mutex::new(report::new_histogram()),
             failures: Mutex::new(failures),
             last_connect_ok: Mutex::new(None),
@@ -56,6 +58,13 @@ impl Shared {
 
     pub(super) fn now_us(&self) -> u64 {
         self.start.elapsed().as_micros() as u64
+    }
+
+    /// Records one subscribe acknowledgement's round trip.
+    pub(super) fn subscribed(&self, took: std::time::Duration) {
+        if let Ok(mut h) = self.subscribe_hist.lock() {
+            h.saturating_record((took.as_micros() as u64).max(1));
+        }
     }
 
     pub(super) fn failure(&self, msg: String) {

@@ -22,11 +22,11 @@ pub mod outbound;
 
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use socketioxide::{SendError, SocketError};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::{AppError, Code};
 use crate::io::{Io, NodeSocket};

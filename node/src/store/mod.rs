@@ -2,6 +2,7 @@
 //! uses [`memory`]; cluster mode uses Redis with the keys of `docs/REDIS.md`. Handlers only see
 //! `Arc<dyn …Store>`, so both modes run the same code.
 
+mod batch;
 pub mod cache;
 pub mod keys;
 pub mod memory;

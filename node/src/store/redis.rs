@@ -21,6 +21,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::time::Instant;
 
+use super::batch::PresenceBatcher;
 use super::{
     ChatMember, ChatStore, ConnKey, ModelLimits, ModelStore, NewUser, PresenceStore, Quota, Record,
     SeatClaim, StoreError, StoreResult, TokenHash, TokenRecord, TokenStore, User, UserId,
@@ -40,7 +41,7 @@ enum Target {
 
 /// One store operation's connection: pooled (single Redis) or a clone of the multiplexed
 /// cluster connection. Both speak [`ConnectionLike`], so the store code is written once.
-enum Conn {
+pub(super) enum Conn {
     /// A connection of the single-server pool.
     Single(deadpool_redis::Connection),
     /// The cluster connection (cheap to clone: a handle on one multiplexer).
@@ -116,15 +117,7 @@ impl RedisBackend {
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let started = Instant::now();
-        let conn = match &self.target {
-            Target::Single(pool) => pool
-                .get()
-                .await
-                .map(Conn::Single)
-                .map_err(|err| StoreError::Unavailable(format!("redis connection: {err}"))),
-            Target::Cluster(conn) => Ok(Conn::Cluster(conn.clone())),
-        };
-        let result = match conn {
+        let result = match self.connection().await {
             Ok(conn) => f(conn).await,
             Err(err) => Err(err),
         };
@@ -134,6 +127,25 @@ impl RedisBackend {
         );
         self.metrics.redis_command(op, started.elapsed(), ok);
         result
+    }
+
+    /// A connection, which may be kept across operations: from the pool (which checks a
+    /// connection with a round trip, `UNWATCH` + `PING`, every time it hands one out), or a
+    /// handle on the multiplexed cluster connection.
+    pub(super) async fn connection(&self) -> StoreResult<Conn> {
+        match &self.target {
+            Target::Single(pool) => pool
+                .get()
+                .await
+                .map(Conn::Single)
+                .map_err(|err| StoreError::Unavailable(format!("redis connection: {err}"))),
+            Target::Cluster(conn) => Ok(Conn::Cluster(conn.clone())),
+        }
+    }
+
+    /// Records one operation's duration and outcome (for operations not run through `run`).
+    pub(super) fn record(&self, op: &'static str, took: Duration, ok: bool) {
+        self.metrics.redis_command(op, took, ok);
     }
 
     /// The key prefix.
@@ -747,8 +759,12 @@ impl ModelStore for RedisModelStore {
 
 /// Presence: `<prefix>:presence:<topic>` hash, field `<node>/<transport>/<id>` → user id.
 /// Entries of nodes whose heartbeat key expired are ignored and cleaned up on read, so a
-/// crashed node does not keep users present forever.
-pub struct RedisPresenceStore(pub RedisBackend);
+/// crashed node does not keep users present forever. Joins and leaves go through a
+/// [`PresenceBatcher`] (pipelined).
+pub struct RedisPresenceStore {
+    backend: RedisBackend,
+    writes: PresenceBatcher,
+}
 
 /// How often a node refreshes its heartbeat key, and how long the key lives.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -756,6 +772,12 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const HEARTBEAT_TTL_SECS: u64 = 15;
 
 impl RedisPresenceStore {
+    /// The store on `backend`; starts its writer task.
+    pub fn new(backend: RedisBackend) -> Self {
+        let writes = PresenceBatcher::start(backend.clone());
+        Self { backend, writes }
+    }
+
     /// Refreshes this node's heartbeat key forever (spawn it).
     pub async fn run_heartbeat(backend: RedisBackend, node_id: String) {
         let key = keys::node_alive(backend.prefix(), &node_id);
@@ -783,32 +805,22 @@ fn node_of(conn: &str) -> &str {
 #[async_trait]
 impl PresenceStore for RedisPresenceStore {
     async fn join(&self, topic: &str, conn: &ConnKey, user: &UserId) -> StoreResult<()> {
-        let key = keys::presence(self.0.prefix(), topic);
-        let (field, value) = (conn.0.clone(), user.as_str().to_string());
-        self.0
-            .run("presence_join", |mut c| async move {
-                c.hset::<_, _, _, ()>(&key, &field, &value)
-                    .await
-                    .map_err(unavailable)
-            })
+        let key = keys::presence(self.backend.prefix(), topic);
+        self.writes
+            .hset(key, conn.0.clone(), user.as_str().to_string())
             .await
     }
 
     async fn leave(&self, topic: &str, conn: &ConnKey) -> StoreResult<()> {
-        let key = keys::presence(self.0.prefix(), topic);
-        let field = conn.0.clone();
-        self.0
-            .run("presence_leave", |mut c| async move {
-                c.hdel::<_, _, ()>(&key, &field).await.map_err(unavailable)
-            })
-            .await
+        let key = keys::presence(self.backend.prefix(), topic);
+        self.writes.hdel(key, conn.0.clone()).await
     }
 
     async fn members(&self, topic: &str) -> StoreResult<Vec<UserId>> {
-        let key = keys::presence(self.0.prefix(), topic);
-        let prefix = self.0.prefix().to_string();
+        let key = keys::presence(self.backend.prefix(), topic);
+        let prefix = self.backend.prefix().to_string();
         let live = self
-            .0
+            .backend
             .run("presence_members", |mut c| async move {
                 live_entries(&mut c, &prefix, &key).await
             })

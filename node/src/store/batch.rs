@@ -1,0 +1,123 @@
+//! Presence writes in pipelines. A subscribe (or unsubscribe) records presence in Redis
+//! before it is acknowledged; one round trip each (plus the pool's recycle check) made
+//! presence most of a subscribe's latency during a connect storm. Writes now queue here, and
+//! one task sends everything queued while the previous pipeline was in flight as the next
+//! pipeline: one round trip per batch, in arrival order, and every caller still gets its
+//! own result before its ack. The pipelines share one kept connection: a connection fresh from
+//! the pool costs a check round trip of its own.
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::redis::{Conn, RedisBackend};
+use super::{StoreError, StoreResult};
+
+/// Most writes in one pipeline.
+const MAX_BATCH: usize = 512;
+/// Writes waiting for a pipeline at most; a caller beyond it waits for room.
+const QUEUE: usize = 8192;
+
+/// One presence write: `HSET key field value`, or `HDEL key field` without a value.
+struct Write {
+    key: String,
+    field: String,
+    value: Option<String>,
+    done: oneshot::Sender<StoreResult<()>>,
+}
+
+/// The sending side of the presence writer task.
+#[derive(Clone)]
+pub struct PresenceBatcher {
+    tx: mpsc::Sender<Write>,
+}
+
+impl PresenceBatcher {
+    /// Starts the writer task on `backend`.
+    pub fn start(backend: RedisBackend) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(backend, rx));
+        Self { tx }
+    }
+
+    /// `HSET key field value` in the next pipeline.
+    pub async fn hset(&self, key: String, field: String, value: String) -> StoreResult<()> {
+        self.write(key, field, Some(value)).await
+    }
+
+    /// `HDEL key field` in the next pipeline.
+    pub async fn hdel(&self, key: String, field: String) -> StoreResult<()> {
+        self.write(key, field, None).await
+    }
+
+    async fn write(&self, key: String, field: String, value: Option<String>) -> StoreResult<()> {
+        let stopped = || StoreError::Unavailable("presence writer stopped".into());
+        let (done, result) = oneshot::channel();
+        let write = Write {
+            key,
+            field,
+            value,
+            done,
+        };
+        self.tx.send(write).await.map_err(|_| stopped())?;
+        result.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+/// Sends the queued writes, a pipeline at a time, until every sender is gone. The
+/// connection is kept from one pipeline to the next (a broken one is replaced).
+async fn run(backend: RedisBackend, mut rx: mpsc::Receiver<Write>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut conn = None;
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let started = Instant::now();
+        let result = send(&backend, &mut conn, &batch).await;
+        backend.record("presence_batch", started.elapsed(), result.is_ok());
+        for w in batch.drain(..) {
+            let own = match &result {
+                Ok(()) => Ok(()),
+                Err(err) => Err(StoreError::Unavailable(err.to_string())),
+            };
+            // A caller that gave up (its connection closed) does not read its result.
+            let _ = w.done.send(own);
+        }
+    }
+}
+
+/// One pipeline of `batch` on the kept connection. On a Redis Cluster a pipeline must stay in
+/// one slot and a batch spans many topics: the writes are sent as concurrent commands
+/// instead, which the multiplexed cluster connection pipelines per shard by itself.
+async fn send(backend: &RedisBackend, conn: &mut Option<Conn>, batch: &[Write]) -> StoreResult<()> {
+    let c = match conn {
+        Some(c) => c,
+        None => conn.insert(backend.connection().await?),
+    };
+    let result = match c {
+        Conn::Cluster(cluster) => {
+            let sends = batch.iter().map(|w| {
+                let mut cluster = cluster.clone();
+                let cmd = command(w);
+                async move { cmd.query_async::<()>(&mut cluster).await }
+            });
+            futures_util::future::try_join_all(sends).await.map(|_| ())
+        }
+        Conn::Single(_) => {
+            let mut pipe = redis::pipe();
+            for w in batch {
+                pipe.add_command(command(w)).ignore();
+            }
+            pipe.query_async::<()>(c).await
+        }
+    };
+    if result.is_err() {
+        *conn = None;
+    }
+    result.map_err(|err| StoreError::Unavailable(err.to_string()))
+}
+
+/// `HSET key field value`, or `HDEL key field` without a value.
+fn command(w: &Write) -> redis::Cmd {
+    match &w.value {
+        Some(value) => redis::Cmd::hset(&w.key, &w.field, value),
+        None => redis::Cmd::hdel(&w.key, &w.field),
+    }
+}
