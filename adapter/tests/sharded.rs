@@ -82,6 +82,44 @@ async fn rooms_requests_and_sweep() {
         recv_none(&mut rx3, 0).await;
         assert_eq!(broadcasts(&c2), before2, "node 2 received room-a traffic");
 
+        // Many rooms over every shard: each broadcast is read by exactly the hosting node.
+        let nodes = [(&io1, &c1), (&io2, &c2), (&io3, &c3)];
+        for j in 0..30 {
+            let (io, c) = nodes[j % 3];
+            let room = format!("many-{j}");
+            io.local().join(room.clone()).await.unwrap();
+            c.ensure_room("/", &room).await.unwrap();
+        }
+        let before: Vec<u64> = nodes.iter().map(|(_, c)| broadcasts(c)).collect();
+        for j in 0..30 {
+            // from a node that does not host the room
+            let (io, _) = nodes[(j + 1) % 3];
+            io.to(format!("many-{j}")).emit("m", &j).await.unwrap();
+        }
+        for (i, rx) in [&mut rx1, &mut rx2, &mut rx3].into_iter().enumerate() {
+            for j in (i..30).step_by(3) {
+                assert_eq!(recv(rx).await, format!(r#"42["m",{j}]"#));
+            }
+        }
+        recv_none(&mut rx1, 300).await;
+        recv_none(&mut rx2, 0).await;
+        recv_none(&mut rx3, 0).await;
+        for (i, (_, c)) in nodes.iter().enumerate() {
+            assert_eq!(
+                broadcasts(c) - before[i],
+                10,
+                "node {} read other rooms",
+                i + 1
+            );
+        }
+        for j in 0..30 {
+            let (io, _) = nodes[j % 3];
+            io.local().leave(format!("many-{j}")).await.unwrap();
+        }
+        for (_, c) in nodes {
+            c.sweep_rooms().await;
+        }
+
         // Everyone, and several rooms (main channel).
         io3.emit("all", &2).await.unwrap();
         for rx in [&mut rx1, &mut rx2, &mut rx3] {
@@ -132,6 +170,15 @@ async fn rooms_requests_and_sweep() {
             .await
             .unwrap();
         assert_eq!(recv(&mut rx2).await, r#"42["topic",{"n":1}]"#);
+
+        // An oversize message is skipped before decoding and counted; the connection survives.
+        cluster.spublish("t#/#room-b#", &"x".repeat(4 * 1024 * 1024 + 1));
+        wait_for("oversize counted", 5, || {
+            Metrics::get(&c2.metrics().oversize, &["message"]) == 1
+        })
+        .await;
+        io3.to("room-b").emit("still", &1).await.unwrap();
+        assert_eq!(recv(&mut rx2).await, r#"42["still",1]"#);
 
         // Plain channels use SSUBSCRIBE/SPUBLISH.
         let mut sub = c1.subscribe_channel("t:events".into()).await.unwrap();
@@ -268,6 +315,8 @@ async fn master_killed_subscriptions_recover() {
             }
         }
         assert_eq!(recv(&mut rx1).await, r#"42["after",1]"#);
+        // exactly once: never subscribed on a replica as well as on the master
+        recv_none(&mut rx1, 500).await;
         // Requests work again within seconds (the server count sums SHARDNUMSUB over the new
         // masters; a subscription redis-rs lost silently while it replaced connections is
         // found by the reconcile's CLIENT INFO check and re-issued).
@@ -333,9 +382,43 @@ async fn slot_migration_subscription_follows() {
         // Later messages arrive (the publisher follows MOVED too).
         io2.to("busy").emit("after", &2).await.unwrap();
         assert_eq!(recv(&mut rx1).await, r#"42["after",2]"#);
+        recv_none(&mut rx1, 300).await;
         cluster.spublish(channel, "not-a-message");
         recv_none(&mut rx1, 300).await;
         assert!(Metrics::sum(&c1.metrics().malformed) >= 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unreachable_or_unsupported_cluster_is_an_error_not_a_hang() {
+    bounded(30, async {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let cfg = |url: String| {
+            RedisAdapterConfig::new(url)
+                .with_connect_timeout(Duration::from_millis(500))
+                .with_command_timeout(Duration::from_millis(500))
+        };
+        let started = Instant::now();
+        let err = FanoutAdapterCtr::redis(cfg(format!("redis+cluster://127.0.0.1:{port}")))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+        // TLS needs a redis-rs TLS feature this build does not enable: refused, no panic.
+        assert!(
+            FanoutAdapterCtr::redis(cfg(format!("rediss+cluster://127.0.0.1:{port}")))
+                .await
+                .is_err()
+        );
+        // A malformed URL is a configuration error naming no password.
+        let err = FanoutAdapterCtr::redis(cfg("redis+cluster://u:hunter2@h:1/3".into()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, fanout_adapter::Error::Config(_)), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     })
     .await;
 }

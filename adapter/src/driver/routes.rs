@@ -79,6 +79,15 @@ pub(crate) struct SubId {
 }
 
 impl SubId {
+    /// A route id for fake drivers in unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(channel: &str, id: u64) -> Self {
+        Self {
+            key: SubKey::Channel(channel.to_owned()),
+            id,
+        }
+    }
+
     /// The channel (or pattern) of this route.
     pub(crate) fn channel(&self) -> &str {
         match &self.key {

@@ -369,11 +369,13 @@ impl ShardedInner {
         match info.kind {
             PushKind::SMessage => {
                 let mut data = info.data.into_iter();
-                let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
+                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                    (data.next(), data.next())
+                else {
                     return;
                 };
-                if let (Some(channel), Some(payload)) = (as_text(&channel), as_bytes(&payload)) {
-                    self.dispatch(&channel, payload);
+                if let Ok(channel) = String::from_utf8(channel) {
+                    self.dispatch(channel, payload);
                 }
             }
             PushKind::SSubscribe => {
@@ -417,6 +419,8 @@ impl ShardedInner {
                 let mut state = lock(&self.state);
                 let live = std::mem::take(&mut state.live);
                 state.suspect.extend(live);
+                // Confirmations still owed by the lost connection never come.
+                state.unsub_pending.clear();
                 self.update_gauges(&state);
                 drop(state);
                 self.metrics.reconnects.inc();
@@ -428,15 +432,24 @@ impl ShardedInner {
     }
 
     /// Routes one message (same bounds and counting as the classic reader).
-    fn dispatch(&self, channel: &str, payload: &[u8]) {
-        let key = SubKey::Channel(channel.to_owned());
+    /// Takes the payload as read (no copy). Oversize kinds: `message` (an adapter channel:
+    /// main, response or room) or `channel` (a plain one).
+    fn dispatch(&self, channel: String, payload: Vec<u8>) {
+        let key = SubKey::Channel(channel);
+        let SubKey::Channel(channel) = &key else {
+            return;
+        };
+        let channel = channel.as_str();
         if payload.len() > self.cfg.max_message_bytes {
-            let kind = lock(&self.state).routes.kind_of(&key, channel);
+            let kind = match lock(&self.state).routes.kind_of(&key, channel) {
+                "channel" => "channel",
+                _ => "message",
+            };
             self.metrics
                 .too_large(kind, channel, payload.len(), self.cfg.max_message_bytes);
             return;
         }
-        let payload = Bytes::copy_from_slice(payload);
+        let payload = Bytes::from(payload);
         let orphaned = {
             let mut state = lock(&self.state);
             let orphaned = state
@@ -512,6 +525,9 @@ impl ShardedInner {
     /// re-issued (idempotent for the ones still there), and the difference counted as gaps.
     /// Returns the channels to resubscribe. A node that does not answer skips the check.
     async fn verify(&self) -> Vec<String> {
+        // Only channels live before and after the check are expected to be counted: one
+        // confirmed meanwhile may or may not be, one removed meanwhile may still be.
+        let before = lock(&self.state).live.clone();
         let cmd = redis::cmd("CLIENT").arg("INFO").clone();
         let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
         let mut conn = self.subscriber.clone();
@@ -531,7 +547,7 @@ impl ShardedInner {
             total += client_info_field(&text, "ssub").unwrap_or(0);
         }
         let mut state = lock(&self.state);
-        let live = state.live.len();
+        let live = state.live.intersection(&before).count();
         if total >= live {
             return Vec::new();
         }
@@ -562,16 +578,29 @@ async fn control_loop(weak: Weak<ShardedInner>, mut rx: mpsc::UnboundedReceiver<
     ticker.tick().await;
     loop {
         let channels = tokio::select! {
-            msg = rx.recv() => match msg {
-                None => return,
-                Some(Control::Resubscribe(channel)) => vec![channel],
-                Some(Control::ResubscribeAll) => {
-                    // Coalesce a burst of disconnections into one pass.
-                    while rx.try_recv().is_ok() {}
-                    let Some(inner) = weak.upgrade() else { return };
-                    inner.missing()
+            msg = rx.recv() => {
+                let Some(first) = msg else { return };
+                // Coalesce a burst (a migrated slot unsubscribes all its channels at once,
+                // a failover drops several connections) into one concurrent pass.
+                let mut channels = HashSet::new();
+                let mut all = false;
+                let mut next = Some(first);
+                while let Some(msg) = next {
+                    match msg {
+                        Control::Resubscribe(channel) => {
+                            channels.insert(channel);
+                        }
+                        Control::ResubscribeAll => all = true,
+                    }
+                    next = rx.try_recv().ok();
                 }
-            },
+                let Some(inner) = weak.upgrade() else { return };
+                if all {
+                    inner.missing()
+                } else {
+                    channels.into_iter().collect()
+                }
+            }
             _ = ticker.tick() => {
                 let Some(inner) = weak.upgrade() else { return };
                 let missing = inner.missing();
@@ -594,13 +623,6 @@ fn as_text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn as_bytes(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::BulkString(b) => Some(b),
         _ => None,
     }
 }
