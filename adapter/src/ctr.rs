@@ -58,8 +58,9 @@ impl RemoteBroadcast {
 pub type RemoteBroadcastHook = Arc<dyn Fn(&RemoteBroadcast) -> bool + Send + Sync>;
 
 /// Decides whether a room channel stays subscribed in sharded mode although no local
-/// socket is in the room: called as `keeper(nsp, room)` by the room sweep (and must be
-/// quick, it runs under the sweep's per-room lock). The node answers "a `/ws` client is
+/// socket is in the room: called as `keeper(nsp, room)` by the room sweep for each such
+/// room (and must be quick and must not call back into the adapter: it runs under the room
+/// registry's lock). The node answers "a `/ws` client is
 /// subscribed to this topic".
 pub type RoomKeeper = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
@@ -190,7 +191,8 @@ impl FanoutAdapterCtr {
     /// every room), and for private rooms (exactly 20 characters, the length of a Node socket
     /// id: those travel on the main channel). Fails with [`Error::NotReady`] when the
     /// subscription cannot be confirmed within the command timeout (the subscription stays
-    /// wanted and is retried by the reconcile loop).
+    /// wanted and is retried by the reconcile loop), and with [`Error::UnknownNamespace`]
+    /// when `nsp` has no adapter (not created yet, or closed).
     pub async fn ensure_room(&self, nsp: &str, room: &str) -> Result<(), Error> {
         match &self.inner.driver {
             Driver::Sharded(driver) => self.inner.rooms.ensure(driver, nsp, room, true).await,

@@ -64,8 +64,14 @@ async function connect(side, { rooms = [] } = {}) {
     setTimeout(() => reject(new Error(`${side} connect timeout`)), 3000);
   });
   if (side === "rust") {
-    // the room channels are confirmed before the test publishes to them
-    assert.deepEqual(await ask(socket, "rust:sync"), { ok: true });
+    // the room channels are confirmed before the test publishes to them. socketioxide sends
+    // the CONNECT packet before it runs the connect handler that registers "rust:sync", so
+    // a first ask can go unanswered: ask again.
+    let synced = null;
+    for (let i = 0; i < 3 && synced === null; i++) {
+      synced = await socket.timeout(1500).emitWithAck("rust:sync").catch(() => null);
+    }
+    assert.deepEqual(synced, { ok: true });
   } else {
     await sleep(200); // Node subscribes its room channels without waiting
   }

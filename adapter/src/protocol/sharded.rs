@@ -18,7 +18,7 @@
 //! | 11 BROADCAST_CLIENT_COUNT / 12 BROADCAST_ACK | responses 8 / 9 |
 //! | 1, 2, 13 (heartbeats, close), unknown | ignored ([`ShardedMessage::Ignored`]) |
 //!
-//! Channels: [`ShardedChannels`]; which one a message goes to: [`ShardedChannels::publish_channel`].
+//! Channels: [`ShardedChannels`]; which one a broadcast goes to: [`ShardedChannels::broadcast_channel`].
 
 use serde::Deserialize;
 
