@@ -47,7 +47,8 @@ pub struct Config {
     #[arg(long, env = "FANOUT_REDIS_URL")]
     pub redis_url: Option<String>,
 
-    /// Prefix of every Redis key and channel fanout owns.
+    /// Prefix of every Redis key and channel fanout owns (no spaces, no braces: braces would
+    /// make it every key's Redis Cluster hash tag).
     #[arg(long, env = "FANOUT_PREFIX", default_value = "fanout")]
     pub prefix: String,
 

@@ -313,90 +313,100 @@ fn user_conflict(err: redis::RedisError) -> StoreError {
     }
 }
 
+impl RedisUserStore {
+    /// Takes the next user id unless the username or e-mail is taken (`Conflict`).
+    async fn reserve_id(&self, name: &str, email: &str) -> StoreResult<u64> {
+        let prefix = self.0.prefix();
+        let keys = [
+            keys::users_by_username(prefix),
+            keys::users_by_email(prefix),
+            keys::users_next_id(prefix),
+        ];
+        let (name, email) = (name.to_string(), email.to_string());
+        self.0
+            .run("user_reserve", |mut conn| async move {
+                Script::new(RESERVE_USER)
+                    .key(&keys[..])
+                    .arg(&name)
+                    .arg(&email)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(user_conflict)
+            })
+            .await
+    }
+
+    /// Writes `user`'s record (not findable until indexed).
+    async fn write(&self, user: &User) -> StoreResult<()> {
+        let (key, json) = (keys::user(self.0.prefix(), &user.id), encode(user)?);
+        self.0
+            .run("user_write", |mut conn| async move {
+                conn.set::<_, _, ()>(&key, &json).await.map_err(unavailable)
+            })
+            .await
+    }
+
+    /// Indexes `user` by name and e-mail unless another signup took either meanwhile
+    /// (`Conflict`).
+    async fn index(&self, user: &User) -> StoreResult<()> {
+        let prefix = self.0.prefix();
+        let keys = [
+            keys::users_by_username(prefix),
+            keys::users_by_email(prefix),
+        ];
+        let args = [
+            user.username.clone(),
+            user.email.clone(),
+            user.id.as_str().to_string(),
+        ];
+        self.0
+            .run("user_index", |mut conn| async move {
+                Script::new(INDEX_USER)
+                    .key(&keys[..])
+                    .arg(&args[..])
+                    .invoke_async::<()>(&mut conn)
+                    .await
+                    .map_err(user_conflict)
+            })
+            .await
+    }
+
+    /// Deletes the record of a signup that lost the race for its name (best effort).
+    async fn unwrite(&self, user: &User) {
+        let key = keys::user(self.0.prefix(), &user.id);
+        let result = self
+            .0
+            .run("user_unwrite", |mut conn| async move {
+                // GETDEL, not DEL: the ACL grants no DEL (docs/OPERATIONS.md).
+                conn.get_del::<_, ()>(&key).await.map_err(unavailable)
+            })
+            .await;
+        if let Err(err) = result {
+            tracing::warn!(%err, user = %user.id, "unindexed user record left behind");
+        }
+    }
+}
+
 #[async_trait]
 impl UserStore for RedisUserStore {
     async fn create(&self, new: NewUser) -> StoreResult<User> {
-        let prefix = self.0.prefix().to_string();
-        let (by_name, by_email) = (
-            keys::users_by_username(&prefix),
-            keys::users_by_email(&prefix),
-        );
-        let (name, email) = (new.username.clone(), new.email.clone());
-        let id: u64 = {
-            let (by_name, by_email, name, email) = (
-                by_name.clone(),
-                by_email.clone(),
-                name.clone(),
-                email.clone(),
-            );
-            let counter = keys::users_next_id(&prefix);
-            self.0
-                .run("user_reserve", |mut conn| async move {
-                    Script::new(RESERVE_USER)
-                        .key(&by_name)
-                        .key(&by_email)
-                        .key(&counter)
-                        .arg(&name)
-                        .arg(&email)
-                        .invoke_async(&mut conn)
-                        .await
-                        .map_err(user_conflict)
-                })
-                .await?
-        };
+        let id = self.reserve_id(&new.username, &new.email).await?;
         let user = User {
             id: UserId::new(id.to_string()),
             username: new.username,
             email: new.email,
             password_hash: new.password_hash,
         };
-        let record_key = keys::user(&prefix, &user.id);
-        let json = encode(&user)?;
-        {
-            let record_key = record_key.clone();
-            self.0
-                .run("user_write", |mut conn| async move {
-                    conn.set::<_, _, ()>(&record_key, &json)
-                        .await
-                        .map_err(unavailable)
-                })
-                .await?;
-        }
-        let indexed = self
-            .0
-            .run("user_index", |mut conn| async move {
-                Script::new(INDEX_USER)
-                    .key(&by_name)
-                    .key(&by_email)
-                    .arg(&name)
-                    .arg(&email)
-                    .arg(id)
-                    .invoke_async::<()>(&mut conn)
-                    .await
-                    .map_err(user_conflict)
-            })
-            .await;
-        if let Err(err) = indexed {
-            if !matches!(err, StoreError::Conflict(_)) {
-                // Maybe indexed, maybe not: the record stays (unreachable when not indexed).
-                return Err(err);
+        self.write(&user).await?;
+        match self.index(&user).await {
+            Ok(()) => Ok(user),
+            Err(err @ StoreError::Conflict(_)) => {
+                self.unwrite(&user).await;
+                Err(err)
             }
-            // Lost a race for the name: the record must not stay behind.
-            let cleanup = self
-                .0
-                .run("user_unwrite", |mut conn| async move {
-                    // GETDEL, not DEL: the ACL grants no DEL (docs/OPERATIONS.md).
-                    conn.get_del::<_, ()>(&record_key)
-                        .await
-                        .map_err(unavailable)
-                })
-                .await;
-            if let Err(cleanup) = cleanup {
-                tracing::warn!(%cleanup, user = id, "unindexed user record left behind");
-            }
-            return Err(err);
+            // Maybe indexed, maybe not: the record stays (unreachable when not indexed).
+            Err(err) => Err(err),
         }
-        Ok(user)
     }
 
     async fn get(&self, id: &UserId) -> StoreResult<Option<User>> {
