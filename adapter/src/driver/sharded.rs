@@ -487,17 +487,23 @@ impl ShardedInner {
         });
     }
 
-    /// Re-issues `SSUBSCRIBE` for `channels`; a suspect channel whose command fails was
-    /// really lost: a gap.
+    /// Re-issues `SSUBSCRIBE` for `channels`. A suspect channel was really lost (a gap) when
+    /// its command fails, or when it succeeds only after [`SUSPECT_GRACE`]: a healthy shard
+    /// confirms within a round trip, while redis-rs holds the command of a dead shard until
+    /// the failover is over, seconds in which the channel was subscribed nowhere.
     async fn resubscribe(&self, channels: Vec<String>) {
         futures_util::stream::iter(channels)
             .for_each_concurrent(RESUBSCRIBE_CONCURRENCY, |channel| async move {
+                let was_suspect = lock(&self.state).suspect.contains(&channel);
+                let started = tokio::time::Instant::now();
                 if !self.ssubscribe(&channel).await {
                     let mut state = lock(&self.state);
                     if state.suspect.remove(&channel) {
                         self.metrics.subscription_gap(&channel, "connection");
                         self.update_gauges(&state);
                     }
+                } else if was_suspect && started.elapsed() > SUSPECT_GRACE {
+                    self.metrics.subscription_gap(&channel, "connection");
                 }
             })
             .await;
@@ -567,6 +573,10 @@ fn client_info_field(info: &str, field: &str) -> Option<usize> {
         .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))
         .and_then(|v| v.parse().ok())
 }
+
+/// How soon a suspect channel on a healthy shard is confirmed again after a connection loss;
+/// a later confirmation means its shard was down meanwhile (counted as a gap).
+const SUSPECT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The control task: resubscriptions asked by the push handler, and the periodic reconcile.
 async fn control_loop(weak: Weak<ShardedInner>, mut rx: mpsc::UnboundedReceiver<Control>) {

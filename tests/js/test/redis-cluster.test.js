@@ -116,7 +116,10 @@ describe('3 fanout nodes on a Redis Cluster (3 masters + 3 replicas)', () => {
   let url;
 
   before(async () => {
-    cluster = await startRedisCluster();
+    // 6 s of node timeout: the SIGSTOP test below freezes a master for up to ~2-4 s (until the
+    // node's 2 s subscribe deadline has answered both clients, longer on a loaded machine);
+    // a failover then would leave that shard's master demoted for the tests after it.
+    cluster = await startRedisCluster({ nodeTimeoutMs: 6000 });
     url = clusterUrl(cluster.ports.slice(0, 2));
     nodes = [];
     for (let i = 0; i < 3; i += 1) {
@@ -335,6 +338,8 @@ describe('3 fanout nodes on a Redis Cluster (3 masters + 3 replicas)', () => {
     const chatError = once(chat, 'error', 8000).catch(() => null);
     const pid = Number(fs.readFileSync(path.join(cluster.runDir, 'pids', `${paused}.pid`), 'utf8'));
     process.kill(pid, 'SIGSTOP');
+    // never long enough for a failover, whatever the machine's load
+    const thaw = setTimeout(() => process.kill(pid, 'SIGCONT'), 5000);
     let refused;
     try {
       const subscribing = emitAck(s, 'subscribe', topic, 8000);
@@ -342,6 +347,7 @@ describe('3 fanout nodes on a Redis Cluster (3 masters + 3 replicas)', () => {
       refused = await subscribing;
       assert.ok(await chatError, 'the chat login got an error');
     } finally {
+      clearTimeout(thaw);
       process.kill(pid, 'SIGCONT');
     }
     assert.equal(refused.error?.code, 'unavailable', JSON.stringify(refused));
