@@ -121,3 +121,101 @@ fn command(w: &Write) -> redis::Cmd {
         None => redis::Cmd::hdel(&w.key, &w.field),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use deadpool_redis::redis::AsyncCommands;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// A real redis-server on a free loopback port, stopped by its PID on drop.
+    struct Redis(Child, u16);
+
+    impl Redis {
+        fn start(port: u16) -> Redis {
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server (apt-get install redis-server)");
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Redis(child, port)
+        }
+
+        fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.1)
+        }
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    }
+
+    /// Writes land in order in one pipeline; with Redis gone every caller gets an error (none
+    /// hangs); with Redis back, the broken connection is replaced.
+    #[tokio::test]
+    async fn writes_land_fail_and_recover() {
+        let port = free_port();
+        let redis = Redis::start(port);
+        let backend = RedisBackend::new(
+            &fanout_adapter::parse_redis_target(&redis.url()).expect("url"),
+            "t",
+            Metrics::new("n"),
+        )
+        .expect("backend");
+        let batcher = PresenceBatcher::start(backend.clone());
+        let writes = (0..50).map(|i| batcher.hset("t:p".into(), format!("c{i}"), format!("u{i}")));
+        for result in futures_util::future::join_all(writes).await {
+            assert!(result.is_ok(), "{result:?}");
+        }
+        batcher.hdel("t:p".into(), "c0".into()).await.expect("hdel");
+        let mut conn = backend.connection().await.expect("connection");
+        let len: usize = conn.hlen("t:p").await.expect("hlen");
+        assert_eq!(len, 49);
+        drop(conn);
+
+        drop(redis);
+        let failed = tokio::time::timeout(
+            Duration::from_secs(10),
+            batcher.hset("t:p".into(), "c1".into(), "u1".into()),
+        )
+        .await
+        .expect("an answer, not a hang");
+        assert!(
+            matches!(failed, Err(StoreError::Unavailable(_))),
+            "{failed:?}"
+        );
+
+        let _redis = Redis::start(port);
+        let mut recovered = Err(StoreError::Unavailable("not tried".into()));
+        for _ in 0..20 {
+            recovered = batcher.hset("t:p".into(), "c2".into(), "u2".into()).await;
+            if recovered.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(recovered.is_ok(), "{recovered:?}");
+    }
+}
