@@ -101,7 +101,9 @@ for mode in $MODES; do
     ports=() urls=() NODE_PIDS=()
     for ((i = 0; i < n; i++)); do
       port=$((BASE_PORT + i))
+      # the per-connection request rate (100/s by default) would cap the few publishers
       FANOUT_REDIS_URL="$url" FANOUT_LOG=warn FANOUT_NODE_ID="node$i" \
+        FANOUT_CLIENT_RATE=100000 FANOUT_CLIENT_BURST=100000 \
         "$NODE_BIN" --bind "127.0.0.1:$port" >"$run/node$i.log" 2>&1 &
       PIDS+=($!)
       NODE_PIDS+=($!)
