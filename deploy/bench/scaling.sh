@@ -17,7 +17,8 @@
 # busiest one (each Redis process is single-threaded: its 1 core is the limit); and the messages each node
 # received from Redis
 # (fanout_adapter_messages_received_total) per publish: ~1 for every node in classic mode, ~1/N
-# in sharded mode when the adapter subscribes only to rooms the node hosts.
+# in sharded mode when the adapter subscribes only to rooms the node hosts; and the nodes' CPU per
+# message delivered to a client, everything included (receiving from Redis, encoding, writing).
 #
 # Environment: MODES="classic sharded", NODE_COUNTS="2 4 6", CLIENTS=600, TOPICS=60,
 # PUBLISHERS=5, RATE=1000 (msg/s over all publishers), DURATION=20s, WARMUP=3s, PAYLOAD=128, IDLE=5,
@@ -74,7 +75,7 @@ metric() {
 # messages publishers handed to a node (not the copies other nodes received from Redis)
 published_on() { metric "$1" fanout_topic_messages_published_total 'source="socket"'; }
 
-printf '%-8s %5s %10s %22s %28s %s\n' mode nodes published "redis µs/pub all/top" "node received/pub (min..max)" "loss" | tee "$OUT/summary.txt"
+printf '%-8s %5s %10s %22s %28s %18s %s\n' mode nodes published "redis µs/pub all/top" "node received/pub (min..max)" "node µs/delivery" "loss" | tee "$OUT/summary.txt"
 for mode in $MODES; do
   for n in $NODE_COUNTS; do
     (( TOPICS % n == 0 )) || { echo "TOPICS=$TOPICS is not a multiple of $n: rooms would not be spread evenly" >&2; exit 2; }
@@ -97,12 +98,15 @@ for mode in $MODES; do
       REDIS_PIDS=()
       for p in "${cports[@]}"; do REDIS_PIDS+=("$(cat "$CLUSTER_DIR/pids/$p.pid")"); done
     fi
-    ports=() urls=()
+    ports=() urls=() NODE_PIDS=()
     for ((i = 0; i < n; i++)); do
       port=$((BASE_PORT + i))
+      # the per-connection request rate (100/s by default) would cap the few publishers
       FANOUT_REDIS_URL="$url" FANOUT_LOG=warn FANOUT_NODE_ID="node$i" \
+        FANOUT_CLIENT_RATE=100000 FANOUT_CLIENT_BURST=100000 \
         "$NODE_BIN" --bind "127.0.0.1:$port" >"$run/node$i.log" 2>&1 &
       PIDS+=($!)
+      NODE_PIDS+=($!)
       ports+=("$port")
       urls+=("http://127.0.0.1:$port")
     done
@@ -128,14 +132,18 @@ for mode in $MODES; do
       --publishers "$PUBLISHERS" --rate "$RATE" --payload "$PAYLOAD" -d "$DURATION" --warmup "$WARMUP" \
       --label "$mode-$n" --no-progress --json "$run/report.json" >"$run/loadtest.txt" 2>&1 &
     lt=$!
-    # samples: seconds, Redis CPU ticks, messages published so far (all nodes), ticks per process
+    # samples: seconds, Redis CPU ticks, messages published so far (all nodes), the nodes' CPU
+    # ticks, deliveries to clients so far (all nodes), then the ticks of each Redis process
     : >"$run/samples.txt"
     while kill -0 "$lt" 2>/dev/null; do
-      p=0
-      for port in "${ports[@]}"; do p=$((p + $(published_on "$port"))); done
+      p=0 d=0
+      for port in "${ports[@]}"; do
+        p=$((p + $(published_on "$port")))
+        d=$((d + $(metric "$port" fanout_topic_messages_delivered_total)))
+      done
       per_pid=""
       for rp in "${REDIS_PIDS[@]}"; do per_pid+=" $(cpu_ticks "$rp")"; done
-      echo "$(date +%s.%N) $(cpu_ticks "${REDIS_PIDS[@]}") $p$per_pid" >>"$run/samples.txt"
+      echo "$(date +%s.%N) $(cpu_ticks "${REDIS_PIDS[@]}") $p $(cpu_ticks "${NODE_PIDS[@]}") $d$per_pid" >>"$run/samples.txt"
       sleep 1
     done
     wait "$lt" || { echo "loadtest failed ($mode, $n nodes); see $run/loadtest.txt" >&2; tail -5 "$run/loadtest.txt" >&2; }
@@ -150,19 +158,21 @@ for mode in $MODES; do
     printf '%s\n' "${per[@]}" >"$run/received-per-node.txt"
     # Redis CPU per publish over the samples between 10% and 90% of the run's messages
     # (all processes, and the busiest one: a Redis process is single-threaded)
-    cpu_per_pub=$(awk -v p0="$pub0" -v total="$published" -v hz="$CLK_TCK" -v idle="$idle_rate" '
+    # and the nodes' CPU per delivered message (everything a node does included)
+    read -r cpu_per_pub node_per_delivery < <(awk -v p0="$pub0" -v total="$published" -v hz="$CLK_TCK" -v idle="$idle_rate" '
       { d = $3 - p0 }
-      d >= 0.1 * total && !a { a = 1; t0 = $1; c0 = $2; q0 = $3; for (i = 4; i <= NF; i++) s0[i] = $i }
-      d <= 0.9 * total { t1 = $1; c1 = $2; q1 = $3; for (i = 4; i <= NF; i++) s1[i] = $i; nf = NF }
-      END { if (!a || q1 <= q0) { print "n/a"; exit }
-            mx = 0; for (i = 4; i <= nf; i++) if (s1[i] - s0[i] > mx) mx = s1[i] - s0[i]
-            k = q1 - q0; span = t1 - t0; procs = nf - 3
-            printf "%.1f/%.1f", ((c1 - c0) - idle * span) / hz * 1e6 / k, (mx - idle / procs * span) / hz * 1e6 / k }' "$run/samples.txt")
-    awk -v m="$mode" -v n="$n" -v p="$published" -v c="$cpu_per_pub" -v l="$loss" \
+      d >= 0.1 * total && !a { a = 1; t0 = $1; c0 = $2; q0 = $3; n0 = $4; e0 = $5; for (i = 6; i <= NF; i++) s0[i] = $i }
+      d <= 0.9 * total { t1 = $1; c1 = $2; q1 = $3; n1 = $4; e1 = $5; for (i = 6; i <= NF; i++) s1[i] = $i; nf = NF }
+      END { if (!a || q1 <= q0 || e1 <= e0) { print "n/a n/a"; exit }
+            mx = 0; for (i = 6; i <= nf; i++) if (s1[i] - s0[i] > mx) mx = s1[i] - s0[i]
+            k = q1 - q0; span = t1 - t0; procs = nf - 5
+            printf "%.1f/%.1f %.1f\n", ((c1 - c0) - idle * span) / hz * 1e6 / k, (mx - idle / procs * span) / hz * 1e6 / k,
+              (n1 - n0) / hz * 1e6 / (e1 - e0) }' "$run/samples.txt")
+    awk -v m="$mode" -v n="$n" -v p="$published" -v c="$cpu_per_pub" -v nd="$node_per_delivery" -v l="$loss" \
       -v per="${per[*]}" 'BEGIN {
         k = split(per, r, " "); mn = -1; mx = 0
         for (i = 1; i <= k; i++) { v = r[i] / (p > 0 ? p : 1); if (mn < 0 || v < mn) mn = v; if (v > mx) mx = v }
-        printf "%-8s %5d %10d %22s %28s %s\n", m, n, p, c, sprintf("%.3f..%.3f", mn, mx), l
+        printf "%-8s %5d %10d %22s %28s %18s %s\n", m, n, p, c, sprintf("%.3f..%.3f", mn, mx), nd, l
       }' | tee -a "$OUT/summary.txt"
     stop_run
   done
