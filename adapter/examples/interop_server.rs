@@ -12,6 +12,10 @@
 //! * `rust:fetch` → `{ ids, unmappable }` from `io.fetch_sockets()`
 //! * `rust:emit-with-ack` `{ event, data, timeout }` → the collected acks
 //! * `rust:join` `{ room }` → `io.join(room)` (cluster-wide socketsJoin)
+//! * `rust:sync` → answers once the channels of the socket's rooms are subscribed
+//!   (`ensure_room`; sharded mode, a no-op otherwise)
+//!
+//! A `REDIS_URL` of `redis+cluster://h:p,…` runs the sharded mode (Redis Cluster).
 
 use std::time::Duration;
 
@@ -42,8 +46,12 @@ struct EmitReq {
     timeout: Option<u64>,
 }
 
+/// The adapter state, for `ensure_room`.
+static CTR: std::sync::OnceLock<FanoutAdapterCtr> = std::sync::OnceLock::new();
+
 async fn on_connect(s: Sock, Data(auth): Data<Auth>) {
     s.join(auth.rooms);
+    s.on("rust:sync", on_sync);
     s.on("rust:emit", on_emit);
     s.on("rust:rooms", on_rooms);
     s.on("rust:fetch", on_fetch);
@@ -99,6 +107,16 @@ async fn on_emit_with_ack(io: Io, Data(req): Data<EmitReq>, ack: AckSender<Adapt
     let _ = ack.send(&acks);
 }
 
+async fn on_sync(s: Sock, ack: AckSender<Adapter>) {
+    let mut ok = true;
+    if let Some(ctr) = CTR.get() {
+        for room in s.rooms() {
+            ok &= ctr.ensure_room(s.ns(), &room).await.is_ok();
+        }
+    }
+    let _ = ack.send(&json!({ "ok": ok }));
+}
+
 async fn on_join(io: Io, Data(room): Data<String>, ack: AckSender<Adapter>) {
     let res = io.join(room).await;
     let _ = ack.send(&json!({ "ok": res.is_ok() }));
@@ -118,6 +136,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
 
     let ctr = FanoutAdapterCtr::redis(RedisAdapterConfig::new(url)).await?;
+    let _ = CTR.set(ctr.clone());
     let (layer, io) = SocketIo::builder()
         .with_adapter::<Adapter>(ctr)
         .build_layer();

@@ -35,12 +35,14 @@ use tokio::task::AbortHandle;
 
 use crate::convert::{opts_to_wire, packet_to_wire};
 use crate::ctr::FanoutAdapterCtr;
-use crate::driver::{Route, SubId, SubKey};
+use crate::driver::{Driver, Route, SubId};
 use crate::error::Error;
 use crate::protocol::{
-    BroadcastMessage, Channels, RequestType, SocketEntry, WireOpts, WireRequest, WireResponse,
+    BroadcastMessage, RequestType, SocketEntry, WireOpts, WireRequest, WireResponse,
 };
+use crate::rooms::{LocalRooms, NsEntry};
 use crate::sync::lock;
+use crate::wire::Wire;
 
 /// Extra time the remote part of an ack stream waits after the ack timeout, for acks
 /// that were sent in time but are still in flight.
@@ -75,7 +77,8 @@ pub struct FanoutAdapter<E> {
 pub(crate) struct RemoteNs {
     /// Our uid on the wire: socketioxide's server id (16 chars, shared by all namespaces).
     pub uid: String,
-    pub channels: Channels,
+    /// The protocol (classic or sharded) and its channel names.
+    pub wire: Wire,
     /// Pending requests by request id.
     pub handlers: Arc<Mutex<ResponseHandlers<Reply>>>,
     /// Subscriptions to drop on close.
@@ -142,8 +145,8 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
     /// Publishes a request that expects no answer (2, 3, 4).
     async fn send_req(&self, req: WireRequest, kind: RequestType) -> Result<(), Error> {
         let remote = self.remote_ns()?;
-        let payload = req.encode()?;
-        self.publish(&remote.channels.request, payload)
+        let payload = remote.wire.encode_request(&req)?;
+        self.publish(remote.wire.request_channel(), payload)
             .await
             .inspect_err(|_| {
                 self.ctr
@@ -168,7 +171,7 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
             .ctr
             .inner
             .driver
-            .numsub(&remote.channels.request)
+            .numsub(remote.wire.request_channel())
             .await
             .inspect_err(|_| metrics.request_failed(kind.label(), "numsub"))?;
         Ok(n.saturating_sub(1) as usize)
@@ -202,8 +205,8 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
             opts,
             ..Default::default()
         };
-        let payload = req.encode()?;
-        self.publish(&remote.channels.request, payload)
+        let payload = remote.wire.encode_request(&req)?;
+        self.publish(remote.wire.request_channel(), payload)
             .await
             .inspect_err(|_| metrics.request_failed(kind.label(), "publish"))?;
         metrics.request_sent(kind.label());
@@ -256,7 +259,7 @@ impl<E: SocketEmitter> CoreAdapter<E> for FanoutAdapter<E> {
             let uid = local.server_id().to_string();
             state.inner.uid.get_or_init(|| uid.clone());
             RemoteNs {
-                channels: Channels::new(&state.inner.key, local.path(), &uid),
+                wire: Wire::new(state.is_sharded(), &state.inner.key, local.path(), &uid),
                 uid,
                 handlers: Arc::new(Mutex::new(HashMap::new())),
                 subs: Mutex::new(Vec::new()),
@@ -279,15 +282,22 @@ impl<E: SocketEmitter> CoreAdapter<E> for FanoutAdapter<E> {
             let remote = self.remote_ns()?;
             let driver = &self.ctr.inner.driver;
             let (tx, rx) = mpsc::channel(self.ctr.inner.inbound_buffer);
-            let keys = [
-                SubKey::Pattern(remote.channels.pattern.clone()),
-                SubKey::Channel(remote.channels.request.clone()),
-                SubKey::Channel(remote.channels.response.clone()),
-                SubKey::Channel(remote.channels.own_response.clone()),
-            ];
-            for key in keys {
+            for key in remote.wire.subscriptions() {
                 let sub = driver.subscribe(key, Route::Adapter(tx.clone())).await?;
                 lock(&remote.subs).push(sub);
+            }
+            if let Wire::Sharded { channels, .. } = &remote.wire {
+                let weak = Arc::downgrade(&self);
+                let local_rooms: LocalRooms =
+                    Arc::new(move || weak.upgrade().map(|a| a.local_room_names()));
+                self.ctr.inner.rooms.register(
+                    self.local.path(),
+                    NsEntry {
+                        channels: channels.clone(),
+                        tx: tx.clone(),
+                        local_rooms,
+                    },
+                );
             }
             let task = tokio::spawn(crate::remote::recv_loop(Arc::downgrade(&self), rx));
             *lock(&remote.task) = Some(task.abort_handle());
@@ -307,6 +317,11 @@ impl<E: SocketEmitter> CoreAdapter<E> for FanoutAdapter<E> {
         let subs = std::mem::take(&mut *lock(&remote.subs));
         for sub in &subs {
             self.ctr.inner.driver.unsubscribe(sub).await;
+        }
+        if let Driver::Sharded(driver) = &self.ctr.inner.driver {
+            for channel in self.ctr.inner.rooms.unregister(driver, self.local.path()) {
+                driver.sunsubscribe(&channel).await;
+            }
         }
         Ok(())
     }
@@ -334,9 +349,8 @@ impl<E: SocketEmitter> CoreAdapter<E> for FanoutAdapter<E> {
         // Encode before delivering locally (delivery consumes the packet).
         let wire = opts_to_wire(&opts, true, None).map(|wire_opts| -> Result<_, Error> {
             let wire_packet = packet_to_wire(self.local.parser(), &packet)?;
-            let channel = remote.channels.broadcast_channel(&wire_opts.rooms);
-            let bytes = BroadcastMessage(remote.uid.clone(), wire_packet, wire_opts).encode()?;
-            Ok((channel, bytes))
+            let msg = BroadcastMessage(remote.uid.clone(), wire_packet, wire_opts);
+            Ok(remote.wire.broadcast(&msg)?)
         });
         // Local delivery never depends on Redis.
         let local_res = self.local.broadcast(packet, opts);
@@ -381,8 +395,11 @@ impl<E: SocketEmitter> CoreAdapter<E> for FanoutAdapter<E> {
         rooms: impl RoomParam,
     ) -> Result<(), Self::Error> {
         let rooms: Vec<Room> = rooms.into_room_iter().collect();
-        self.remote_rooms_op(opts, rooms, RequestType::RemoteJoin)
-            .await
+        let res = self
+            .remote_rooms_op(opts, rooms.clone(), RequestType::RemoteJoin)
+            .await;
+        self.track_joined(&rooms);
+        res
     }
 
     async fn del_sockets(
@@ -422,7 +439,8 @@ impl<E: SocketEmitter> CoreAdapter<E> for FanoutAdapter<E> {
             return Ok(self.local.rooms(opts).into_iter().collect());
         }
         let mut rooms: HashSet<Room> = self.local.rooms(opts.clone());
-        if selects_all(&opts) {
+        // The sharded protocol has no all-rooms request: it is a fetch of every socket.
+        if selects_all(&opts) && !self.remote_ns()?.wire.is_sharded() {
             let responses = self
                 .get_res(RequestType::AllRooms, None, "allRooms")
                 .await?;
@@ -496,6 +514,34 @@ impl<E: SocketEmitter> CoreAdapter<E> for FanoutAdapter<E> {
 impl<E> DefinedAdapter for FanoutAdapter<E> {}
 
 impl<E: SocketEmitter> FanoutAdapter<E> {
+    /// Sharded mode: subscribes (in the background) the channels of those of `rooms` that
+    /// now have a local socket, after a join this node did not get through `ensure_room`.
+    pub(crate) fn track_joined(&self, rooms: &[Room]) {
+        if !self.ctr.is_sharded() {
+            return;
+        }
+        let local = self.local_room_names();
+        let joined: Vec<Room> = rooms
+            .iter()
+            .filter(|r| local.contains(r.as_ref()))
+            .cloned()
+            .collect();
+        self.ctr.track_rooms(self.local.path(), &joined);
+    }
+
+    /// Every room with a local socket in this namespace.
+    fn local_room_names(&self) -> HashSet<String> {
+        let mut all = BroadcastOptions::default();
+        all.add_flag(BroadcastFlags::Broadcast);
+        self.local
+            .rooms(all)
+            .into_iter()
+            .map(|r| r.to_string())
+            .collect()
+    }
+}
+
+impl<E: SocketEmitter> FanoutAdapter<E> {
     async fn remote_rooms_op(
         &self,
         opts: BroadcastOptions,
@@ -546,10 +592,10 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
             opts: wire_opts,
             ..Default::default()
         };
-        let payload = req.encode()?;
+        let payload = remote.wire.encode_request(&req)?;
         let (tx, rx) = mpsc::channel(self.ctr.inner.inbound_buffer + peers);
         lock(&remote.handlers).insert(id, tx);
-        if let Err(e) = self.publish(&remote.channels.request, payload).await {
+        if let Err(e) = self.publish(remote.wire.request_channel(), payload).await {
             lock(&remote.handlers).remove(&id);
             self.ctr
                 .inner

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::driver::DriverConfig;
+use crate::target::{RedisTarget, parse_redis_target};
 
 /// Why a [`RedisAdapterConfig`] was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,6 +21,10 @@ pub enum ConfigError {
     /// `max_message_bytes` or `remote_ack_requests_max` is 0.
     #[error("{0} must be > 0")]
     ZeroLimit(&'static str),
+    /// The Redis URL cannot be parsed (see [`parse_redis_target`](crate::parse_redis_target));
+    /// the message never contains the password.
+    #[error("invalid redis URL {0}")]
+    InvalidUrl(String),
     /// The reconnect delays are not `0 < min <= max`.
     #[error("reconnect delays must satisfy 0 < min <= max (min {min:?}, max {max:?})")]
     ReconnectDelays {
@@ -33,7 +38,9 @@ pub enum ConfigError {
 /// Configuration of the Redis (cluster) mode.
 #[derive(Debug, Clone)]
 pub struct RedisAdapterConfig {
-    /// Redis URL, e.g. `redis://127.0.0.1:6379/0`. RESP2 is fine (no `?protocol=resp3` needed).
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/0` (classic mode, one Redis; RESP2 is fine) or
+    /// `redis+cluster://h1:7000,h2:7001` / `rediss+cluster://…` (sharded mode on a Redis
+    /// Cluster, see [`parse_redis_target`](crate::parse_redis_target)).
     pub url: String,
     /// Channel prefix (`key` option of `@socket.io/redis-adapter`). Default `socket.io`.
     pub key: String,
@@ -75,6 +82,9 @@ pub struct RedisAdapterConfig {
     /// in, as `("redis", "too_large")` and `("redis", "queue_full")` — the node passes its
     /// `fanout_messages_dropped_total`. None: only the adapter's own metrics count them.
     pub dropped_counter: Option<prometheus::IntCounterVec>,
+    /// Sharded mode: how often room channels no longer needed (no local socket in the room
+    /// and the room keeper does not keep it) are `SUNSUBSCRIBE`d. Default 5 s.
+    pub room_sweep_interval: Duration,
 }
 
 impl Default for RedisAdapterConfig {
@@ -95,6 +105,7 @@ impl Default for RedisAdapterConfig {
             remote_ack_requests_max: 256,
             remote_ack_timeout_max: Duration::from_secs(30),
             dropped_counter: None,
+            room_sweep_interval: Duration::from_secs(5),
         }
     }
 }
@@ -174,7 +185,19 @@ impl RedisAdapterConfig {
         self
     }
 
+    /// Sets how often unneeded room channels are unsubscribed (sharded mode).
+    pub fn with_room_sweep_interval(mut self, interval: Duration) -> Self {
+        self.room_sweep_interval = interval;
+        self
+    }
+
+    /// The parsed [`url`](Self::url): one Redis or a Redis Cluster.
+    pub fn target(&self) -> Result<RedisTarget, ConfigError> {
+        parse_redis_target(&self.url)
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        self.target()?;
         if self.key.is_empty() {
             return Err(ConfigError::EmptyKey);
         }
@@ -187,6 +210,7 @@ impl RedisAdapterConfig {
             ("connect_timeout", self.connect_timeout),
             ("health_check_interval", self.health_check_interval),
             ("remote_ack_timeout_max", self.remote_ack_timeout_max),
+            ("room_sweep_interval", self.room_sweep_interval),
         ];
         if let Some((name, _)) = timeouts.iter().find(|(_, d)| d.is_zero()) {
             return Err(ConfigError::ZeroDuration(name));

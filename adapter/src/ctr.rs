@@ -12,10 +12,13 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::RedisAdapterConfig;
 use crate::convert::{ConvertError, EVENT, rmpv_to_json};
-use crate::driver::{Driver, LocalBus, RedisDriver, Route, SubKey};
+use crate::driver::{Driver, LocalBus, RedisDriver, Route, ShardedDriver, SubKey};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::protocol::{BroadcastMessage, Channels, WireFlags, WireOpts, WirePacket};
+use crate::protocol::{BroadcastMessage, WireFlags, WireOpts, WirePacket};
+use crate::rooms::RoomSubs;
+use crate::target::RedisTarget;
+use crate::wire::Wire;
 
 /// Capacity of plain-channel queues and of per-request queues in embedded mode.
 const LOCAL_BUFFER: usize = 4096;
@@ -54,6 +57,13 @@ impl RemoteBroadcast {
 /// does not apply it to the local sockets.
 pub type RemoteBroadcastHook = Arc<dyn Fn(&RemoteBroadcast) -> bool + Send + Sync>;
 
+/// Decides whether a room channel stays subscribed in sharded mode although no local
+/// socket is in the room: called as `keeper(nsp, room)` by the room sweep for each such
+/// room (and must be quick and must not call back into the adapter: it runs under the room
+/// registry's lock). The node answers "a `/ws` client is
+/// subscribed to this topic".
+pub type RoomKeeper = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 /// The adapter state: pass it to `SocketIo::builder().with_adapter::<FanoutAdapter<_>>(ctr)`.
 /// Cheap to clone; every clone shares the same connections.
 #[derive(Clone)]
@@ -75,6 +85,12 @@ pub(crate) struct CtrInner {
     pub remote_ack_timeout_max: Duration,
     pub metrics: Metrics,
     hook: RwLock<Option<RemoteBroadcastHook>>,
+    /// Sharded mode: keeps room channels subscribed beyond the local sockets.
+    pub room_keeper: RwLock<Option<RoomKeeper>>,
+    /// Sharded mode: the room channels subscribed, and the namespaces.
+    pub rooms: RoomSubs,
+    /// The room sweep task (sharded mode), aborted with the last handle.
+    sweep_task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     /// This server's uid on the wire, known once the first namespace exists.
     pub uid: OnceLock<String>,
 }
@@ -105,16 +121,33 @@ impl FanoutAdapterCtr {
     /// Cluster mode: connects to Redis (publisher and subscriber must both connect once;
     /// an unreachable Redis is an error here), then keeps the subscriber connected,
     /// reconnecting with backoff and resubscribing everything.
+    ///
+    /// A `redis+cluster://` / `rediss+cluster://` URL selects the sharded mode (Redis
+    /// Cluster, Node's `createShardedAdapter` protocol, see [`is_sharded`](Self::is_sharded));
+    /// the seed nodes must answer here.
     pub async fn redis(config: RedisAdapterConfig) -> Result<Self, Error> {
         config.validate()?;
         let metrics = Metrics::unregistered()?.with_node_dropped(config.dropped_counter.clone());
-        let driver = RedisDriver::connect(config.driver_config(), metrics.clone()).await?;
+        let driver = match config.target()? {
+            RedisTarget::Single(_) => {
+                Driver::Redis(RedisDriver::connect(config.driver_config(), metrics.clone()).await?)
+            }
+            RedisTarget::Cluster(target) => Driver::Sharded(
+                ShardedDriver::connect(&target, config.driver_config(), metrics.clone()).await?,
+            ),
+        };
         // Registered only once connected, so a caller may retry a failed start with the same
         // registry.
         if let Some(registry) = &config.registry {
             metrics.register(registry)?;
         }
-        Ok(Self::from_parts(Driver::Redis(driver), config, metrics))
+        let sweep_interval = config.room_sweep_interval;
+        let ctr = Self::from_parts(driver, config, metrics);
+        if ctr.is_sharded() {
+            let task = tokio::spawn(sweep_loop(Arc::downgrade(&ctr.inner), sweep_interval));
+            *crate::sync::lock(&ctr.inner.sweep_task) = Some(task.abort_handle());
+        }
+        Ok(ctr)
     }
 
     fn from_parts(driver: Driver, config: RedisAdapterConfig, metrics: Metrics) -> Self {
@@ -130,14 +163,92 @@ impl FanoutAdapterCtr {
                 remote_ack_timeout_max: config.remote_ack_timeout_max,
                 metrics,
                 hook: RwLock::new(None),
+                room_keeper: RwLock::new(None),
+                rooms: RoomSubs::default(),
+                sweep_task: std::sync::Mutex::new(None),
                 uid: OnceLock::new(),
             }),
         }
     }
 
-    /// True in cluster mode.
+    /// True in cluster mode (classic or sharded).
     pub fn is_cluster(&self) -> bool {
-        matches!(self.inner.driver, Driver::Redis(_))
+        !matches!(self.inner.driver, Driver::Local(_))
+    }
+
+    /// True in sharded mode (a `redis+cluster://` / `rediss+cluster://` URL: Redis Cluster,
+    /// `SPUBLISH`/`SSUBSCRIBE`, the protocol of Node's `createShardedAdapter`).
+    pub fn is_sharded(&self) -> bool {
+        matches!(self.inner.driver, Driver::Sharded(_))
+    }
+
+    /// Makes sure this node receives the broadcasts to `room` of namespace `nsp`: in sharded
+    /// mode, returns once the room's channel `key#nsp#room#` is `SSUBSCRIBE`d and confirmed
+    /// (at once when it already is). Call it right after every `socket.join(room)` of a room
+    /// others may broadcast to, before acknowledging the join to the client. The channel is
+    /// dropped lazily by the room sweep once no local socket is in the room and the
+    /// [`RoomKeeper`] does not keep it. No-op in classic and embedded mode (they receive
+    /// every room), and for private rooms (exactly 20 characters, the length of a Node socket
+    /// id: those travel on the main channel). Fails with [`Error::NotReady`] when the
+    /// subscription cannot be confirmed within the command timeout (the subscription stays
+    /// wanted and is retried by the reconcile loop), and with [`Error::UnknownNamespace`]
+    /// when `nsp` has no adapter (not created yet, or closed).
+    pub async fn ensure_room(&self, nsp: &str, room: &str) -> Result<(), Error> {
+        match &self.inner.driver {
+            Driver::Sharded(driver) => self.inner.rooms.ensure(driver, nsp, room, true).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Sharded mode: subscribes the channels of `rooms` in the background (remote joins,
+    /// `socketsJoin`); failures are retried by the reconcile and the sweep.
+    pub(crate) fn track_rooms(&self, nsp: &str, rooms: &[socketioxide_core::adapter::Room]) {
+        if !self.is_sharded() {
+            return;
+        }
+        for room in rooms {
+            let (ctr, nsp, room) = (self.clone(), nsp.to_owned(), room.to_string());
+            tokio::spawn(async move {
+                if let Driver::Sharded(driver) = &ctr.inner.driver
+                    && let Err(e) = ctr.inner.rooms.ensure(driver, &nsp, &room, false).await
+                {
+                    tracing::debug!(nsp, room, "room channel not subscribed: {e}");
+                }
+            });
+        }
+    }
+
+    /// Runs one room sweep now (sharded mode; the sweep task does it every
+    /// `room_sweep_interval`): `(added, dropped)` room channels.
+    #[doc(hidden)]
+    pub async fn sweep_rooms(&self) -> (usize, usize) {
+        let Driver::Sharded(driver) = &self.inner.driver else {
+            return (0, 0);
+        };
+        let keeper = self
+            .inner
+            .room_keeper
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let keep = |nsp: &str, room: &str| keeper.as_ref().is_some_and(|k| k(nsp, room));
+        let res = self.inner.rooms.sweep(driver, &keep).await;
+        (res.added, res.dropped)
+    }
+
+    /// Number of room channels subscribed (sharded mode; 0 otherwise).
+    pub fn room_channels(&self) -> usize {
+        self.inner.rooms.len()
+    }
+
+    /// Sets the [`RoomKeeper`] the sharded room sweep asks before dropping a room channel
+    /// that has no local socket. Without one, only local sockets keep a room subscribed.
+    pub fn set_room_keeper(&self, keeper: RoomKeeper) {
+        *self
+            .inner
+            .room_keeper
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(keeper);
     }
 
     /// True when embedded, or when the Redis subscriber connection is up and every
@@ -157,14 +268,14 @@ impl FanoutAdapterCtr {
     }
 
     /// Subscribes to a plain Redis channel over the adapter's subscriber connection
-    /// (resubscribed after every reconnect). Each message payload arrives as `Bytes`; the
+    /// (resubscribed after every reconnect; `SSUBSCRIBE` in sharded mode). Each message payload arrives as `Bytes`; the
     /// queue holds `inbound_buffer` messages, a full queue drops (and counts) messages.
     /// Dropping the receiver ends the subscription at the next message.
     /// In embedded mode this is an in-process loopback fed by [`publish_channel`](Self::publish_channel).
     pub async fn subscribe_channel(&self, channel: String) -> Result<mpsc::Receiver<Bytes>, Error> {
         let size = match self.inner.driver {
             Driver::Local(_) => LOCAL_BUFFER,
-            Driver::Redis(_) => self.inner.inbound_buffer,
+            Driver::Redis(_) | Driver::Sharded(_) => self.inner.inbound_buffer,
         };
         let (tx, rx) = mpsc::channel(size);
         self.inner
@@ -174,16 +285,17 @@ impl FanoutAdapterCtr {
         Ok(rx)
     }
 
-    /// Publishes a payload on a plain channel (`PUBLISH`, bounded by the command timeout;
-    /// failures are counted in `fanout_adapter_publish_errors_total`).
+    /// Publishes a payload on a plain channel (`PUBLISH`, `SPUBLISH` in sharded mode; bounded
+    /// by the command timeout; failures are counted in `fanout_adapter_publish_errors_total`).
     pub async fn publish_channel(&self, channel: String, payload: Vec<u8>) -> Result<(), Error> {
         self.inner.driver.publish(&channel, payload).await
     }
 
     /// Publishes `[event, data]` to `room` of namespace `nsp` for the **other** servers only:
-    /// the caller delivered to its local sockets itself. The message is the classic
-    /// protocol's broadcast (`[uid, {type: 2, data, nsp}, {rooms: [room], except: [], flags}]`
-    /// on `key#nsp#room#`), so fanout and Node.js servers apply it like any
+    /// the caller delivered to its local sockets itself. The message is the protocol's
+    /// broadcast (classic: `[uid, {type: 2, data, nsp}, {rooms: [room], except: [], flags}]`
+    /// on `key#nsp#room#`; sharded: `{type: 3, data: {packet, opts}, uid, nsp}` on the room's
+    /// channel `key#nsp#room#`), so fanout and Node.js servers apply it like any
     /// `io.to(room).emit(event, data)`. Nothing to do in embedded mode.
     pub async fn broadcast_remote(
         &self,
@@ -207,8 +319,8 @@ impl FanoutAdapterCtr {
             except: Vec::new(),
             flags: Some(WireFlags::default()),
         };
-        let channel = Channels::new(&self.inner.key, nsp, uid).broadcast_channel(&opts.rooms);
-        let payload = BroadcastMessage(uid.clone(), packet, opts).encode()?;
+        let wire = Wire::new(self.is_sharded(), &self.inner.key, nsp, uid);
+        let (channel, payload) = wire.broadcast(&BroadcastMessage(uid.clone(), packet, opts))?;
         self.inner.driver.publish(&channel, payload).await
     }
 
@@ -226,5 +338,29 @@ impl FanoutAdapterCtr {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         hook.is_some_and(|hook| hook(bc))
+    }
+}
+
+/// Sharded mode: runs the room sweep every `interval` until the adapter state is dropped.
+async fn sweep_loop(weak: std::sync::Weak<CtrInner>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(inner) = weak.upgrade() else { return };
+        let ctr = FanoutAdapterCtr { inner };
+        let (added, dropped) = ctr.sweep_rooms().await;
+        if added + dropped > 0 {
+            tracing::debug!(added, dropped, "room sweep");
+        }
+    }
+}
+
+impl Drop for CtrInner {
+    fn drop(&mut self) {
+        if let Some(task) = crate::sync::lock(&self.sweep_task).take() {
+            task.abort();
+        }
     }
 }

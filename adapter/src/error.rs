@@ -51,6 +51,12 @@ pub enum Error {
     /// Registering the metrics failed (e.g. the names are already registered).
     #[error("metrics registration failed: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// An operation the current mode cannot do (e.g. pattern subscriptions in sharded mode).
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
+    /// `ensure_room` for a namespace that has no adapter (not created, or closed).
+    #[error("namespace {0} has no adapter")]
+    UnknownNamespace(String),
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),

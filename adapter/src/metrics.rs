@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::error::{Error, chain};
 
@@ -43,6 +43,15 @@ pub struct Metrics {
     /// `fanout_adapter_subscriptions_live`: 1 when the subscriber connection is up and
     /// every subscription is confirmed, else 0.
     pub subscriptions_live: IntGauge,
+    /// `fanout_adapter_subscription_channels{state}`: sharded mode: channels this node wants
+    /// subscribed (`state="expected"`) and those Redis confirmed (`state="live"`).
+    pub subscription_channels: IntGaugeVec,
+    /// `fanout_adapter_subscription_gaps_total{reason}`: sharded mode: a wanted channel
+    /// stopped being subscribed (`moved`: Redis unsubscribed it because its slot moved;
+    /// `connection`: its shard connection dropped and resubscribing failed; `silent`: Redis
+    /// holds fewer subscriptions than we hold live, one per missing channel). Messages
+    /// published to it until it is live again are not delivered to this node.
+    pub subscription_gaps: IntCounterVec,
     /// `fanout_adapter_unmappable_sockets_total`: remote sockets returned by a fetch whose id
     /// is not a socketioxide `Sid` (e.g. Node.js 20-char ids); they are left out of the result.
     pub unmappable_sockets: IntCounter,
@@ -93,6 +102,8 @@ impl Metrics {
         registry.register(Box::new(self.reconnects.clone()))?;
         registry.register(Box::new(self.subscriptions_live.clone()))?;
         registry.register(Box::new(self.unmappable_sockets.clone()))?;
+        registry.register(Box::new(self.subscription_channels.clone()))?;
+        registry.register(Box::new(self.subscription_gaps.clone()))?;
         registry.register(Box::new(self.oversize.clone()))?;
         registry.register(Box::new(self.remote_requests_refused.clone()))?;
         registry.register(Box::new(self.remote_ack_timeouts_capped.clone()))?;
@@ -146,6 +157,18 @@ impl Metrics {
             subscriptions_live: IntGauge::new(
                 "fanout_adapter_subscriptions_live",
                 "1 when the Redis subscriber connection is up and all subscriptions are live",
+            )?,
+            subscription_channels: IntGaugeVec::new(
+                Opts::new(
+                    "fanout_adapter_subscription_channels",
+                    "Sharded mode: channels wanted (expected) and confirmed by Redis (live)",
+                ),
+                &["state"],
+            )?,
+            subscription_gaps: vec(
+                "fanout_adapter_subscription_gaps_total",
+                "Sharded mode: wanted channels that stopped being subscribed, by reason",
+                &["reason"],
             )?,
             unmappable_sockets: IntCounter::new(
                 "fanout_adapter_unmappable_sockets_total",
@@ -288,6 +311,25 @@ impl Metrics {
         self.requests_failed
             .with_label_values(&[kind, reason])
             .inc();
+    }
+
+    /// Sets the sharded channel gauges.
+    pub(crate) fn set_channels(&self, expected: usize, live: usize) {
+        let set = |state: &str, n: usize| {
+            self.subscription_channels
+                .with_label_values(&[state])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        set("expected", expected);
+        set("live", live);
+    }
+
+    /// A wanted channel went un-live; messages published to it meanwhile are lost here.
+    pub(crate) fn subscription_gap(&self, channel: &str, reason: &'static str) {
+        self.subscription_gaps.with_label_values(&[reason]).inc();
+        if self.should_log(LogKind::Connection) {
+            tracing::warn!(channel, reason, "sharded subscription lost, resubscribing");
+        }
     }
 
     /// Sets the subscription gauge.

@@ -14,6 +14,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub mod sharded;
+
 /// Maximum nesting depth accepted when decoding msgpack from the wire.
 pub const MAX_DEPTH: usize = 128;
 
@@ -323,6 +325,16 @@ pub enum EncodeError {
     /// JSON serialization failed.
     #[error("JSON encoding failed")]
     Json(#[from] serde_json::Error),
+    /// msgpack writing of a value failed.
+    #[error("msgpack writing failed")]
+    Io(#[source] rmpv::encode::Error),
+    /// A value could not be converted to msgpack.
+    #[error("value not convertible: {0}")]
+    Value(String),
+    /// The message has no form in the target protocol (e.g. a classic-only request type in
+    /// the sharded protocol).
+    #[error("{0} {1} has no form in this protocol")]
+    Unsupported(&'static str, u8),
 }
 
 /// Encodes a value as notepack-style msgpack (maps with field names).

@@ -5,7 +5,12 @@
 #   DEPLOY_RUN_DIR          .deploy-run (in the repository)  pids, logs, generated configs, data
 #   DEPLOY_NODES            3                     number of fanout-node processes
 #   DEPLOY_NODE_PORTS       3001,3002,…           their ports (comma separated; DEPLOY_NODES of them)
-#   DEPLOY_REDIS_PORT       6380
+#   DEPLOY_REDIS            single                single: one redis-server; cluster: a Redis Cluster of
+#                                                 3 masters + 3 replicas (deploy/local/redis-cluster), nodes
+#                                                 in sharded mode (FANOUT_REDIS_URL=redis+cluster://…)
+#   DEPLOY_REDIS_PORT       6380                  single: its port
+#   DEPLOY_REDIS_CLUSTER_PORTS 7101,…,7106        cluster: the 6 ports (each also needs port + 10000),
+#                                                 or free (random free ones)
 #   DEPLOY_LB_PORT          8080                  HAProxy: the address clients use
 #   DEPLOY_LB_STATS_PORT    8404                  HAProxy stats page (/stats) and exporter (/metrics)
 #   DEPLOY_PROMETHEUS_PORT  9090
@@ -86,11 +91,22 @@ load_credentials() {
   source "$RUN_DIR/redis/credentials.env"
 }
 
-# redis_cli ARGS…: redis-cli on the deployment's Redis as user `fanout` (password from the
-# environment, never on the command line).
+# redis_cli ARGS…: redis-cli on the deployment's Redis (cluster: its first node, -c follows
+# redirections) as user `fanout` (password from the environment, never on the command line).
 redis_cli() {
-  REDISCLI_AUTH="$REDIS_FANOUT_PASSWORD" redis-cli --no-auth-warning --user fanout \
-    -h "$HOST" -p "$REDIS_PORT" "$@"
+  local where=(-h "$HOST" -p "$REDIS_PORT")
+  [[ "${REDIS_MODE:-single}" == cluster ]] && where=(-c -h "$HOST" -p "${REDIS_CLUSTER_PORTS[0]}")
+  REDISCLI_AUTH="$REDIS_FANOUT_PASSWORD" redis-cli --no-auth-warning --user fanout "${where[@]}" "$@"
+}
+
+# Run dir of the Redis Cluster of DEPLOY_REDIS=cluster (read by deploy/local/redis-cluster).
+CLUSTER_RUN_DIR="$RUN_DIR/redis-cluster"
+
+# redis_cluster up|down|status: deploy/local/redis-cluster on this deployment's cluster, as the
+# ACL user admin (password from credentials.env via the environment, never on a command line).
+redis_cluster() {
+  REDIS_CLUSTER_DIR="$CLUSTER_RUN_DIR" REDIS_CLUSTER_CLI_USER=admin REDISCLI_AUTH="$REDIS_ADMIN_PASSWORD" \
+    "$DEPLOY_DIR/local/redis-cluster" "$@"
 }
 
 # Names of the components up started, in start order (redis, node1..N, haproxy, prometheus).

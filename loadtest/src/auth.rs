@@ -4,11 +4,14 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use rand::Rng;
+use redis::RedisResult;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::error::{AuthError, chain};
+use crate::redis_conn::RedisConn;
 
 /// How to obtain tokens.
 #[derive(Debug, Clone)]
@@ -200,16 +203,12 @@ async fn seed_redis(
         url: url.to_owned(),
         source,
     };
-    let client = redis::Client::open(url).map_err(seed_err)?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(seed_err)?;
+    let mut conn = RedisConn::connect(url).await.map_err(seed_err)?;
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut pipe = redis::pipe();
     let mut tokens = Vec::with_capacity(count.max(1));
+    let mut sets = Vec::with_capacity(count.max(1));
     let mut rng = rand::rng();
     for i in 0..count.max(1) {
         let bytes: [u8; 24] = rng.random();
@@ -221,15 +220,32 @@ async fn seed_redis(
             "created": created.to_string(),
             "scopes": [],
         });
-        pipe.cmd("SET")
-            .arg(key)
-            .arg(rec.to_string())
-            .arg("EX")
-            .arg(ttl)
-            .ignore();
+        let mut set = redis::cmd("SET");
+        set.arg(key).arg(rec.to_string()).arg("EX").arg(ttl);
+        sets.push(set);
         tokens.push(token);
     }
-    pipe.query_async::<()>(&mut conn).await.map_err(seed_err)?;
+    if conn.is_cluster() {
+        // Every token key has its own slot: no pipeline spans them; 64 in flight instead.
+        let results: Vec<RedisResult<()>> = futures_util::stream::iter(sets)
+            .map(|set| {
+                let mut conn = conn.clone();
+                async move { set.query_async::<()>(&mut conn).await }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        results
+            .into_iter()
+            .collect::<RedisResult<()>>()
+            .map_err(seed_err)?;
+    } else {
+        let mut pipe = redis::pipe();
+        for set in sets {
+            pipe.add_command(set).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.map_err(seed_err)?;
+    }
     Ok(Tokens {
         tokens,
         ..Tokens::default()

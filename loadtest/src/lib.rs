@@ -6,6 +6,7 @@ pub mod client;
 pub mod compare;
 pub mod error;
 pub mod plot;
+pub mod redis_conn;
 pub mod report;
 pub mod scenario;
 pub mod sys;

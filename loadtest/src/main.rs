@@ -49,9 +49,9 @@ enum Cmd {
 struct RunArgs {
     /// Workload preset: rooms (3000 clients, 30 topics, 200 msg/s), storm (2000 clients,
     /// 1 topic, 20 msg/s), models (REST writes → /Model/POST; 1000 clients, 50 msg/s),
-    /// redis (PUBLISH on fanout:events; 2000 clients, 10 topics, 200 msg/s), connect
-    /// (10000 authenticated connections each subscribed to 1 of 100 topics, held idle:
-    /// connects/s, subscribe acks, RSS per connection), soak
+    /// redis (PUBLISH, or SPUBLISH on a cluster, on fanout:events; 2000 clients, 10 topics,
+    /// 200 msg/s), connect (10000 authenticated connections each subscribed to 1 of 100
+    /// topics, held idle: connects/s, subscribe acks, RSS per connection), soak
     /// (2000 clients, 20 topics, 100 msg/s for 10 min, samples every 10 s).
     #[arg(value_enum)]
     workload: Workload,
@@ -117,7 +117,8 @@ struct RunArgs {
     #[arg(long, conflicts_with = "seed_redis")]
     token_file: Option<String>,
     /// Write random tokens straight into this Redis (`<prefix>:token:<sha256>`), for servers
-    /// without a REST API such as node-ref.
+    /// without a REST API such as node-ref: `redis://…`, or `redis+cluster://h1:p1,h2:p2` for
+    /// a Redis Cluster (the forms of FANOUT_REDIS_URL).
     #[arg(long)]
     seed_redis: Option<String>,
     /// Distinct users / tokens (clients share them round-robin).
@@ -136,7 +137,8 @@ struct RunArgs {
     #[arg(long)]
     rest_url: Option<String>,
 
-    /// redis workload: Redis URL to PUBLISH on (default: --seed-redis).
+    /// redis workload: Redis URL to PUBLISH on (default: --seed-redis); SPUBLISH on a
+    /// `redis+cluster://` URL (sharded pub/sub, as fanout nodes on a cluster subscribe).
     #[arg(long)]
     redis_url: Option<String>,
     /// redis workload: events channel.

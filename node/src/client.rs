@@ -42,8 +42,8 @@ use serde_json::{Value, json};
 use crate::auth::{Credentials, Session};
 use crate::config::Config;
 use crate::connections::Endable;
-use crate::delivery::TopicMessage;
 use crate::delivery::outbound::{CloseReason, Outbound};
+use crate::delivery::{TOPIC_NAMESPACE, TopicMessage};
 use crate::error::{AppError, Code};
 use crate::methods::MethodCtx;
 use crate::metrics::PublishSource;
@@ -469,6 +469,17 @@ impl Client {
         };
         if added {
             self.transport.join(&topic);
+            // Only once this node receives the topic from the others is the client told it
+            // is subscribed; else it is not subscribed at all.
+            if let Err(err) = state
+                .delivery
+                .ensure_room(TOPIC_NAMESPACE, topic.as_str())
+                .await
+            {
+                lock(&self.topics).remove(&topic);
+                self.transport.leave(&topic);
+                return Err(err);
+            }
             state
                 .stores
                 .presence

@@ -40,7 +40,10 @@ pub struct Config {
     #[arg(long, env = "FANOUT_NODE_ID")]
     pub node_id: Option<String>,
 
-    /// Redis URL (`redis://host:port/db`). Absent: embedded mode with in-memory stores.
+    /// Redis: one server, `redis://[user:password@]host:port[/db]` (`rediss://` for TLS), or a
+    /// Redis Cluster, `redis+cluster://[user:password@]host1:port1,host2:port2,…` (seed nodes;
+    /// `rediss+cluster://` for TLS): stores sharded by hash tags, pub/sub sharded per room.
+    /// Absent: embedded mode with in-memory stores.
     #[arg(long, env = "FANOUT_REDIS_URL")]
     pub redis_url: Option<String>,
 
@@ -393,9 +396,14 @@ impl Config {
                     .into(),
             ));
         }
-        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+        // Braces would make the prefix every key's Redis Cluster hash tag (store::keys).
+        if self.prefix.is_empty()
+            || self
+                .prefix
+                .contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
+        {
             return Err(ConfigError(
-                "FANOUT_PREFIX must be non-empty, without spaces".into(),
+                "FANOUT_PREFIX must be non-empty, without spaces or braces".into(),
             ));
         }
         if self.adapter_key.is_empty() || self.adapter_key.contains('#') {
@@ -487,12 +495,9 @@ impl Config {
             ));
         }
         self.validate_limits()?;
-        if let Some(url) = &self.redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
-            return Err(ConfigError(
-                "FANOUT_REDIS_URL must start with redis:// or rediss://".into(),
-            ));
+        if let Some(url) = &self.redis_url {
+            fanout_adapter::parse_redis_target(url)
+                .map_err(|err| ConfigError(format!("FANOUT_REDIS_URL: {err}")))?;
         }
         Ok(())
     }
@@ -652,6 +657,36 @@ mod tests {
         assert!(
             Config::try_parse_from(["fanout-node", "--alloc-background-threads", "maybe"]).is_err()
         );
+    }
+
+    #[test]
+    fn redis_urls_are_validated() {
+        // The parser itself is fanout_adapter's (tested there); here: it is the one used.
+        let mut cfg = Config::parse_from(["fanout-node"]);
+        for good in [
+            "redis://h:1/2",
+            "rediss://u:p@h:1",
+            "redis+cluster://a:7000,b:7001",
+            "rediss+cluster://u:p@a:7000",
+        ] {
+            cfg.redis_url = Some(good.into());
+            assert!(cfg.validate().is_ok(), "{good}");
+        }
+        for bad in [
+            "http://h:1",
+            "h:1",
+            "redis+cluster://",
+            "redis+cluster://a:0",
+            "redis+cluster://a:1,,b:2",
+            "redis+cluster://a:1/3",
+            "redis+cluster://a:1?x=y",
+        ] {
+            cfg.redis_url = Some(bad.into());
+            let err = cfg.validate().expect_err(bad);
+            assert!(err.to_string().contains("FANOUT_REDIS_URL"), "{err}");
+        }
+        let cfg = Config::parse_from(["fanout-node", "--prefix", "a{b}"]);
+        assert!(cfg.validate().is_err(), "braces in the prefix");
     }
 
     #[test]

@@ -31,6 +31,7 @@
 //!   stop.
 //! - [`peer`]: client addresses behind trusted proxies; per-address connection counts.
 //! - [`shutdown`]: the signals that start a graceful drain.
+//! - [`starting`]: the 503 answers while the first connection to Redis is pending.
 //!
 //! A publish, followed end to end: a Socket.IO `publish` event →
 //! [`sio::pubsub::Queued`] parses it into a [`request::Request`] and queues it on the
@@ -63,6 +64,7 @@ mod server;
 mod sessions;
 pub mod shutdown;
 mod sio;
+pub mod starting;
 pub mod state;
 pub mod store;
 mod topics;
@@ -136,7 +138,9 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
             chat: Arc::new(MemoryChatStore::default()),
         },
         Some(url) => {
-            let backend = RedisBackend::new(url, &cfg.prefix, metrics.clone())
+            let target = fanout_adapter::parse_redis_target(url)
+                .map_err(|err| StartError::Backend(err.to_string()))?;
+            let backend = RedisBackend::new(&target, &cfg.prefix, metrics.clone())
                 .map_err(|err| StartError::Backend(err.to_string()))?;
             tokio::spawn(RedisPresenceStore::run_heartbeat(
                 backend.clone(),
@@ -194,6 +198,7 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         .with_adapter::<io::NodeAdapter>(adapter.clone())
         .build_layer();
     state.delivery.set_io(io.clone());
+    state.delivery.install_room_keeper();
     {
         let state = state.clone();
         adapter.set_remote_broadcast_hook(Arc::new(move |broadcast| {

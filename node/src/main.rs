@@ -89,7 +89,9 @@ async fn run(cfg: Config, open_files: Option<u64>) -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    let node = match fanout_node::build(cfg, MethodRegistry::with_builtins()).await {
+    // Connecting to Redis may take a while (a cluster not up yet): answer 503 meanwhile.
+    let build = fanout_node::build(cfg, MethodRegistry::with_builtins());
+    let node = match fanout_node::starting::answer_while(&listener, build).await {
         Ok(node) => node,
         Err(err) => {
             tracing::error!(%err, "cannot start");

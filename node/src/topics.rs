@@ -92,6 +92,14 @@ impl Topic {
     }
 }
 
+// Lookups by `&str` (the adapter's room keeper asks by room name); a `Topic` hashes and
+// compares exactly as its string.
+impl std::borrow::Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::fmt::Display for Topic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

@@ -24,11 +24,14 @@
 //! * [`local`] — [`LocalBus`], the embedded-mode loopback.
 //! * [`connection`] — [`RedisDriver`]: connections, commands, readiness.
 //! * [`reader`] — the subscriber's reader task (reconnect, resubscribe, health check).
+//! * [`sharded`] — [`ShardedDriver`]: Redis Cluster, `SPUBLISH`/`SSUBSCRIBE`, desired vs
+//!   live subscriptions (see its docs).
 
 mod connection;
 mod local;
 mod reader;
 mod routes;
+mod sharded;
 
 use std::time::Duration;
 
@@ -39,6 +42,7 @@ use crate::error::Error;
 pub(crate) use connection::RedisDriver;
 pub(crate) use local::LocalBus;
 pub(crate) use routes::{Inbound, Route, SubId, SubKey};
+pub(crate) use sharded::ShardedDriver;
 
 /// Timing knobs of the Redis driver.
 #[derive(Debug, Clone)]
@@ -58,8 +62,10 @@ pub(crate) struct DriverConfig {
 pub(crate) enum Driver {
     /// Embedded mode.
     Local(LocalBus),
-    /// Cluster mode.
+    /// Cluster mode, classic protocol (one Redis).
     Redis(RedisDriver),
+    /// Cluster mode, sharded protocol (Redis Cluster).
+    Sharded(ShardedDriver),
 }
 
 impl Driver {
@@ -67,6 +73,7 @@ impl Driver {
         match self {
             Driver::Local(_) => true,
             Driver::Redis(r) => *r.inner.ready.borrow(),
+            Driver::Sharded(s) => *s.inner.ready.borrow(),
         }
     }
 
@@ -74,6 +81,7 @@ impl Driver {
         match self {
             Driver::Local(l) => l.ready.subscribe(),
             Driver::Redis(r) => r.inner.ready.subscribe(),
+            Driver::Sharded(s) => s.inner.ready.subscribe(),
         }
     }
 
@@ -81,6 +89,7 @@ impl Driver {
         match self {
             Driver::Local(l) => Ok(l.subscribe(key, route)),
             Driver::Redis(r) => r.subscribe(key, route).await,
+            Driver::Sharded(s) => s.subscribe(key, route).await,
         }
     }
 
@@ -88,6 +97,7 @@ impl Driver {
         match self {
             Driver::Local(l) => l.unsubscribe(sub),
             Driver::Redis(r) => r.unsubscribe(sub).await,
+            Driver::Sharded(s) => s.unsubscribe(sub).await,
         }
     }
 
@@ -98,14 +108,17 @@ impl Driver {
                 Ok(())
             }
             Driver::Redis(r) => r.publish(channel, payload).await,
+            Driver::Sharded(s) => s.publish(channel, payload).await,
         }
     }
 
-    /// `PUBSUB NUMSUB channel`.
+    /// Subscribers of `channel`: `PUBSUB NUMSUB` (classic), `PUBSUB SHARDNUMSUB` summed
+    /// over the masters (sharded), 1 (embedded).
     pub async fn numsub(&self, channel: &str) -> Result<u64, Error> {
         match self {
             Driver::Local(_) => Ok(1),
             Driver::Redis(r) => r.numsub(channel).await,
+            Driver::Sharded(s) => s.shard_numsub(channel).await,
         }
     }
 }

@@ -78,6 +78,24 @@ pub(crate) struct SubId {
     id: u64,
 }
 
+impl SubId {
+    /// A route id for fake drivers in unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(channel: &str, id: u64) -> Self {
+        Self {
+            key: SubKey::Channel(channel.to_owned()),
+            id,
+        }
+    }
+
+    /// The channel (or pattern) of this route.
+    pub(crate) fn channel(&self) -> &str {
+        match &self.key {
+            SubKey::Channel(c) | SubKey::Pattern(c) => c,
+        }
+    }
+}
+
 /// The routing table, shared by both drivers.
 #[derive(Debug, Default)]
 pub(super) struct Routes {
@@ -98,6 +116,16 @@ impl Routes {
     /// Every subscribed key (what a new connection must subscribe).
     pub(super) fn keys(&self) -> impl Iterator<Item = &SubKey> {
         self.map.keys()
+    }
+
+    /// Whether `key` has a route.
+    pub(super) fn contains(&self, key: &SubKey) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// Number of subscribed keys.
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
     }
 
     /// Removes a route; returns true when it was the last one of its key.

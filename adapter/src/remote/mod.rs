@@ -31,9 +31,9 @@ use crate::driver::Inbound;
 use crate::metrics::Metrics;
 use crate::protocol::{
     BroadcastMessage, RequestType, SocketEntry, WireOpts, WirePacket, WireRequest, WireResponse,
-    decode_sniff,
 };
 use crate::sync::lock;
+use crate::wire::Incoming;
 
 use request::{Request, RequestError, RequestKind, Selection};
 pub(crate) use targets::Targets;
@@ -61,13 +61,15 @@ struct Origin<'a> {
 impl<E: SocketEmitter> FanoutAdapter<E> {
     fn recv(self: &Arc<Self>, msg: Inbound) {
         let Some(remote) = &self.remote else { return };
-        let ch = &remote.channels;
-        if msg.channel == ch.request {
-            self.recv_request(remote, &msg);
-        } else if msg.channel == ch.response || msg.channel == ch.own_response {
-            self.recv_response(remote, &msg);
-        } else if ch.is_broadcast(&msg.channel) {
-            self.recv_broadcast(remote, &msg);
+        match remote.wire.decode(&msg, &remote.uid) {
+            Ok(Incoming::Broadcast(b)) => self.recv_broadcast(remote, b, &msg.channel),
+            Ok(Incoming::Request(r)) => self.recv_request(remote, r, &msg.channel),
+            Ok(Incoming::Response(r)) => self.recv_response(remote, r, &msg.channel),
+            Ok(Incoming::Skip) => {}
+            Err(e) => {
+                self.metrics().received(e.kind);
+                self.metrics().malformed(e.kind, &msg.channel, &*e.err);
+            }
         }
     }
 
@@ -75,25 +77,21 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
         &self.ctr.inner.metrics
     }
 
-    /// `[uid, packet, opts]` on `key#nsp#[room#]`.
-    fn recv_broadcast(&self, remote: &RemoteNs, msg: &Inbound) {
+    /// A broadcast without acks (classic `[uid, packet, opts]` on `key#nsp#[room#]`).
+    fn recv_broadcast(&self, remote: &RemoteNs, msg: BroadcastMessage, channel: &str) {
         self.metrics().received("broadcast");
-        let BroadcastMessage(uid, wire_packet, opts) = match BroadcastMessage::decode(&msg.payload)
-        {
-            Ok(m) => m,
-            Err(e) => return self.metrics().malformed("broadcast", &msg.channel, &e),
-        };
+        let BroadcastMessage(uid, wire_packet, opts) = msg;
         if uid == remote.uid {
             return;
         }
         let nsp = wire_packet.nsp.as_deref().unwrap_or("/");
         if nsp != self.local.path().as_str() {
-            tracing::debug!(nsp, channel = %msg.channel, "broadcast for another namespace ignored");
+            tracing::debug!(nsp, channel, "broadcast for another namespace ignored");
             return;
         }
         let packet = match wire_to_packet(self.local.parser(), &wire_packet, nsp) {
             Ok(p) => p,
-            Err(e) => return self.metrics().malformed("broadcast", &msg.channel, &e),
+            Err(e) => return self.metrics().malformed("broadcast", channel, &e),
         };
         let volatile = opts.flags.as_ref().and_then(|f| f.volatile) == Some(true);
         let broadcast = RemoteBroadcast {
@@ -110,13 +108,9 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
         self.apply_broadcast(broadcast.packet, targets, volatile);
     }
 
-    /// A request on `key-request#nsp#`: decode, check, dispatch by type.
-    fn recv_request(self: &Arc<Self>, remote: &RemoteNs, msg: &Inbound) {
+    /// A request (classic: on `key-request#nsp#`): check, dispatch by type.
+    fn recv_request(self: &Arc<Self>, remote: &RemoteNs, wire: WireRequest, channel: &str) {
         self.metrics().received("request");
-        let wire: WireRequest = match decode_sniff(&msg.payload) {
-            Ok(r) => r,
-            Err(e) => return self.metrics().malformed("request", &msg.channel, &e),
-        };
         // Node applies join/leave/disconnect for its own uid too (it does not apply them
         // locally when sending); we apply locally when sending, so our own are skipped.
         if wire.uid.as_deref() == Some(remote.uid.as_str()) {
@@ -127,7 +121,7 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
             Err(RequestError::ResponseType(t)) => {
                 return tracing::debug!("response type {t} on the request channel ignored");
             }
-            Err(e) => return self.metrics().malformed("request", &msg.channel, &e),
+            Err(e) => return self.metrics().malformed("request", channel, &e),
         };
         let from = Origin {
             remote,
@@ -146,13 +140,13 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
             RequestKind::Disconnect { selection } => self.recv_disconnect(&from, selection),
             RequestKind::Fetch { request_id, opts } => self.recv_fetch(&from, request_id, &opts),
             RequestKind::ServerSideEmit { request_id } => {
-                self.recv_server_side_emit(remote, request_id)
+                self.recv_server_side_emit(&from, request_id)
             }
             RequestKind::BroadcastWithAck {
                 request_id,
                 packet,
                 opts,
-            } => self.recv_broadcast_with_ack(&from, request_id, packet, &opts, &msg.channel),
+            } => self.recv_broadcast_with_ack(&from, request_id, packet, &opts, channel),
         }
     }
 
@@ -200,6 +194,7 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
     /// Types 2 and 3: add the selected sockets to `rooms`, or remove them.
     fn recv_rooms(&self, from: &Origin<'_>, selection: Selection, rooms: Vec<String>, join: bool) {
         let rooms: Vec<Room> = rooms.into_iter().map(Room::from).collect();
+        let joined = join.then(|| rooms.clone());
         match selection {
             Selection::Opts(opts) => self.apply_rooms(self.resolve(&opts, false), rooms, join),
             Selection::Socket { sid, request_id } => {
@@ -210,6 +205,9 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
                 self.apply_rooms(Targets::Sids(vec![sid]), rooms, join);
                 self.ack_legacy(from, request_id);
             }
+        }
+        if let Some(rooms) = joined {
+            self.track_joined(&rooms);
         }
     }
 
@@ -243,7 +241,7 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
 
     /// Type 6: socketioxide has no serverSideEmit. A requester waiting for acks counts us
     /// (NUMSUB), so answer `null` instead of letting it time out.
-    fn recv_server_side_emit(&self, remote: &RemoteNs, request_id: Option<String>) {
+    fn recv_server_side_emit(&self, from: &Origin<'_>, request_id: Option<String>) {
         tracing::debug!("serverSideEmit received; not supported by socketioxide, ignored");
         if let Some(request_id) = request_id {
             let res = WireResponse {
@@ -252,8 +250,8 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
                 data: Some(rmpv::Value::Nil),
                 ..Default::default()
             };
-            // Node always answers 6 on the shared channel.
-            self.publish_response(remote.channels.response.clone(), res);
+            // Classic Node always answers 6 on the shared channel.
+            self.publish_response(from, res, false);
         }
     }
 
@@ -304,7 +302,9 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
             origin: from.uid.unwrap_or_default().to_owned(),
         });
         let acks = futures_util::stream::select_all(streams.into_iter().map(|(s, _)| Box::pin(s)));
-        let channel = self.response_channel(from);
+        let to = from.uid.map(str::to_owned);
+        let wire = from.remote.wire.clone();
+        let specific = self.ctr.inner.publish_on_specific_response_channel;
         let driver = self.ctr.inner.driver.clone();
         let weak = Arc::downgrade(self);
         let metrics = self.metrics().clone();
@@ -316,7 +316,7 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
                 client_count: Some(u64::from(count)),
                 ..Default::default()
             };
-            if let Ok(bytes) = count_res.encode() {
+            if let Ok((channel, bytes)) = wire.response(&count_res, to.as_deref(), specific) {
                 let _ = driver.publish(&channel, bytes).await;
             }
             if count == 0 {
@@ -335,7 +335,7 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
                 let packet = match converted {
                     Ok(p) => p,
                     Err(e) => {
-                        metrics.malformed("ack", &channel, &e);
+                        metrics.malformed("ack", wire.request_channel(), &e);
                         continue;
                     }
                 };
@@ -345,8 +345,8 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
                     packet: Some(packet),
                     ..Default::default()
                 };
-                match res.encode() {
-                    Ok(bytes) => {
+                match wire.response(&res, to.as_deref(), specific) {
+                    Ok((channel, bytes)) => {
                         let _ = driver.publish(&channel, bytes).await;
                     }
                     Err(e) => tracing::warn!("ack response not encodable: {e}"),
@@ -372,13 +372,9 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
         }
     }
 
-    /// A response on `key-response#nsp#[uid#]`: route it to the pending request.
-    fn recv_response(&self, remote: &RemoteNs, msg: &Inbound) {
+    /// A response (classic: on `key-response#nsp#[uid#]`): route it to the pending request.
+    fn recv_response(&self, remote: &RemoteNs, res: WireResponse, channel: &str) {
         self.metrics().received("response");
-        let res: WireResponse = match decode_sniff(&msg.payload) {
-            Ok(r) => r,
-            Err(e) => return self.metrics().malformed("response", &msg.channel, &e),
-        };
         // Our request ids are Sids; anything else answers another node's request.
         let Ok(id) = Sid::from_str(&res.request_id) else {
             return;
@@ -395,34 +391,21 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
                 let arg = res.packet.unwrap_or(rmpv::Value::Nil);
                 match wire_to_ack(self.local.parser(), &arg) {
                     Ok(v) => Reply::Ack(v),
-                    Err(e) => return self.metrics().malformed("response", &msg.channel, &e),
+                    Err(e) => return self.metrics().malformed("response", channel, &e),
                 }
             }
             _ => Reply::Response(res),
         };
         match tx.try_send(reply) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics().dropped("response", &msg.channel)
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.metrics().dropped("response", channel),
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
-    /// The channel a response to a request from `from` goes to.
-    fn response_channel(&self, from: &Origin<'_>) -> String {
-        let channels = &from.remote.channels;
-        match (
-            from.uid,
-            self.ctr.inner.publish_on_specific_response_channel,
-        ) {
-            (Some(uid), true) => channels.response_for(uid),
-            _ => channels.response.clone(),
-        }
-    }
-
     fn respond(&self, from: &Origin<'_>, res: WireResponse) {
-        self.publish_response(self.response_channel(from), res);
+        let specific = self.ctr.inner.publish_on_specific_response_channel;
+        self.publish_response(from, res, specific);
     }
 
     /// Legacy (≤7.x) single-socket requests expect an empty `{ requestId }` answer.
@@ -436,9 +419,10 @@ impl<E: SocketEmitter> FanoutAdapter<E> {
         }
     }
 
-    fn publish_response(&self, channel: String, res: WireResponse) {
-        let bytes = match res.encode() {
-            Ok(b) => b,
+    /// Publishes a response to `from` (classic: on its own channel iff `specific`).
+    fn publish_response(&self, from: &Origin<'_>, res: WireResponse, specific: bool) {
+        let (channel, bytes) = match from.remote.wire.response(&res, from.uid, specific) {
+            Ok(r) => r,
             Err(e) => return tracing::warn!("response not encodable: {e}"),
         };
         let driver = self.ctr.inner.driver.clone();

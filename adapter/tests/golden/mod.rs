@@ -327,3 +327,76 @@ fn ack_request_encoding_matches_node() {
         hex::encode(&node_bytes)
     );
 }
+
+/// Every SPUBLISH of the sharded trace: (channel, raw bytes).
+fn spublishes() -> Vec<(String, Vec<u8>)> {
+    load_trace("trace-sharded-dynamic.json")
+        .into_iter()
+        .filter(|e| e["op"] == "SPUBLISH")
+        .map(|e| {
+            let channel = e["channel"].as_str().unwrap().to_string();
+            match e["msgpack_hex"].as_str() {
+                Some(hex) => (channel, hex::decode(hex).unwrap()),
+                None => (channel, e["json"].as_str().unwrap().as_bytes().to_vec()),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn sharded_trace_decodes_and_reencodes_to_nodes_bytes() {
+    use crate::protocol::sharded::{self, ShardedChannels, ShardedMessage};
+    let all = spublishes();
+    assert!(all.len() >= 15, "trace has {} SPUBLISH", all.len());
+    let mut kinds = std::collections::BTreeSet::new();
+    for (channel, bytes) in all {
+        let env = sharded::decode(&bytes)
+            .unwrap_or_else(|e| panic!("{channel}: {e} ({})", String::from_utf8_lossy(&bytes)));
+        let nsp = env.nsp.clone().expect("Node always sends nsp");
+        let ch = ShardedChannels::new("socket.io", &nsp, &env.uid);
+        let again = match &env.message {
+            ShardedMessage::Broadcast(msg) => {
+                kinds.insert("broadcast");
+                // Node's channel choice is ours too.
+                assert_eq!(ch.broadcast_channel(&msg.2.rooms), channel);
+                sharded::encode_broadcast(msg, &nsp).unwrap()
+            }
+            ShardedMessage::Request(req) => {
+                kinds.insert("request");
+                assert_eq!(channel, ch.main);
+                sharded::encode_request(req, &nsp).unwrap()
+            }
+            ShardedMessage::Response(res) => {
+                kinds.insert("response");
+                assert!(channel.starts_with(&ch.main) && channel != ch.main);
+                sharded::encode_response(res, &env.uid, &nsp).unwrap()
+            }
+            ShardedMessage::Ignored(t) => panic!("Node sent ignored type {t}"),
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&again),
+            String::from_utf8_lossy(&bytes),
+            "re-encoding differs on {channel}"
+        );
+    }
+    assert_eq!(kinds.len(), 3);
+}
+
+#[test]
+fn sharded_trace_subscriptions_match_our_channel_names() {
+    use crate::protocol::sharded::ShardedChannels;
+    let trace = load_trace("trace-sharded-dynamic.json");
+    let subs: Vec<&str> = trace
+        .iter()
+        .filter(|e| e["op"] == "SSUBSCRIBE" && e["by"] == "node0-sub")
+        .map(|e| e["channel"].as_str().unwrap())
+        .collect();
+    let uid = subs[1]
+        .strip_prefix("socket.io#/#")
+        .unwrap()
+        .trim_end_matches('#');
+    let ch = ShardedChannels::new("socket.io", "/", uid);
+    assert_eq!(subs[0], ch.main);
+    assert_eq!(subs[1], ch.own_response);
+    assert!(subs.contains(&ch.room("r2").as_str()));
+}

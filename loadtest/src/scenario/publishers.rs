@@ -18,6 +18,7 @@ use super::{Measured, Plan, Workload};
 use crate::auth::Tokens;
 use crate::client::{ConnectOptions, Connection, Incoming, connect};
 use crate::error::RunError;
+use crate::redis_conn::RedisConn;
 use crate::report::{self, PublisherLedger, Stamp};
 use crate::sys;
 
@@ -111,12 +112,7 @@ async fn sinks(
             url: url.clone(),
             source,
         };
-        let c = redis::Client::open(url.as_str()).map_err(redis_err)?;
-        Some(
-            c.get_multiplexed_async_connection()
-                .await
-                .map_err(redis_err)?,
-        )
+        Some(RedisConn::connect(&url).await.map_err(redis_err)?)
     } else {
         None
     };
@@ -164,7 +160,7 @@ enum PubSink {
         token: String,
     },
     Redis {
-        conn: redis::aio::MultiplexedConnection,
+        conn: RedisConn,
         channel: String,
     },
 }
@@ -256,7 +252,7 @@ async fn publisher_task(ctx: PubCtx, mut sink: PubSink, sh: Arc<Shared>) -> Publ
                     }
                     PubSink::Redis { conn, channel } => {
                         let msg = format!("{{\"topic\":{},\"data\":{data}}}", topic_json[topic as usize]);
-                        let res: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                        let res: redis::RedisResult<i64> = redis::cmd(conn.publish_command())
                             .arg(channel.as_str())
                             .arg(msg)
                             .query_async(conn)
@@ -264,7 +260,7 @@ async fn publisher_task(ctx: PubCtx, mut sink: PubSink, sh: Arc<Shared>) -> Publ
                         sh.acks.record(ctx.id as usize, sh.now_us().saturating_sub(t));
                         match res {
                             Ok(_) => None,
-                            Err(e) => Some(format!("publisher {}: PUBLISH: {e}", ctx.id)),
+                            Err(e) => Some(format!("publisher {}: {}: {e}", ctx.id, conn.publish_command())),
                         }
                     }
                 };

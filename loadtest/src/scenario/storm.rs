@@ -1,6 +1,6 @@
 //! `connect` with `--storm-rounds N`: once the memory per idle connection is measured, a
 //! burst of large messages (`--payload` bytes, N per topic) is published on the Redis events
-//! channel to every topic the idle clients hold, then the targets' summed RSS is followed:
+//! channel (`SPUBLISH` on a Redis Cluster) to every topic the idle clients hold, then the targets' summed RSS is followed:
 //! before, at the peak and after `--storm-settle`. Does a node give back what a burst took?
 
 use std::time::Duration;
@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::Plan;
 use crate::error::RunError;
+use crate::redis_conn::RedisConn;
 use crate::report::StormFigures;
 use crate::sys;
 
@@ -31,29 +32,24 @@ pub(super) async fn run(plan: &Plan, names: &[String]) -> Result<Option<StormFig
         url: url.clone(),
         source,
     };
-    let client = redis::Client::open(url.as_str()).map_err(redis_err)?;
-    // A pipeline of large PUBLISHes to busy subscribers can take seconds to be answered;
-    // redis-rs gives up after 500 ms by default.
-    let config =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(redis_err)?;
+    let mut conn = RedisConn::connect(&url).await.map_err(redis_err)?;
+    let publish = conn.publish_command();
     let data = "x".repeat(plan.payload);
     let mut peak = before;
     let mut published = 0u64;
     for _ in 0..plan.storm_rounds {
-        let mut pipe = redis::pipe();
+        // One command at a time: a pipeline of large publishes can outlast redis-rs's reply
+        // timeout, and on a cluster a pipeline must stay within one slot.
         for topic in names {
             let body = json!({ "topic": topic, "data": data }).to_string();
-            pipe.cmd("PUBLISH")
+            redis::cmd(publish)
                 .arg(&plan.events_channel)
                 .arg(body)
-                .ignore();
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(redis_err)?;
             published += 1;
         }
-        pipe.query_async::<()>(&mut conn).await.map_err(redis_err)?;
         peak = peak.max(rss(&plan.target_pids).unwrap_or(0));
     }
     let settle_until = tokio::time::Instant::now() + plan.storm_settle;

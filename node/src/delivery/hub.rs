@@ -125,6 +125,14 @@ impl WsHub {
         }
     }
 
+    /// True while a local `/ws` connection is subscribed to `topic`.
+    pub fn has_subscribers(&self, topic: &str) -> bool {
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(topic)
+    }
+
     fn open_conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Outbox>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -215,6 +215,30 @@ impl Delivery {
         self.budget
     }
 
+    /// Makes sure this node receives other nodes' broadcasts to `room` of namespace `nsp`: on
+    /// a Redis Cluster (sharded mode) the node subscribes to the room's channel only while it
+    /// has subscribers there, so every join of a topic or chat room calls this after joining
+    /// and before acknowledging. A no-op in classic and embedded mode (every node receives
+    /// every room). `unavailable` when the subscription is not confirmed in time.
+    pub async fn ensure_room(&self, nsp: &str, room: &str) -> Result<(), AppError> {
+        self.adapter.ensure_room(nsp, room).await.map_err(|err| {
+            tracing::warn!(%err, nsp, room, "room subscription not confirmed");
+            AppError::new(
+                Code::Unavailable,
+                "cannot subscribe across the cluster now (Redis unavailable)",
+            )
+        })
+    }
+
+    /// Keeps a topic's room channel subscribed (sharded mode) while a local `/ws` client is
+    /// subscribed to it: the adapter's sweep only sees Socket.IO sockets in rooms.
+    pub fn install_room_keeper(&self) {
+        let hub = self.hub.clone();
+        self.adapter.set_room_keeper(Arc::new(move |nsp, room| {
+            nsp == TOPIC_NAMESPACE && hub.has_subscribers(room)
+        }));
+    }
+
     /// Publishes `msg` to every subscriber on every node: this node's first, then the others
     /// through Redis. Slow subscribers never fail it; an unreachable Redis does (`unavailable`,
     /// the local subscribers have it, the other nodes' are counted as dropped).

@@ -193,6 +193,15 @@ async fn on_login(
         avatar: avatar.clone(),
     });
     socket.join(room.clone());
+    // The seat counts only once this node receives the room's broadcasts from the others.
+    if let Err(err) = state.delivery.ensure_room(NAMESPACE, &room).await {
+        socket.leave(room.clone());
+        socket.extensions.remove::<Seat>();
+        if let Err(release) = state.stores.chat.release_seat(&room, &member.conn).await {
+            tracing::warn!(%release, %room, "seat of a failed login left until its node dies");
+        }
+        return send_error(&state, &socket, &err);
+    }
     socket.emit("img", &avatar).ok();
     if members.len() >= 2 {
         let users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();

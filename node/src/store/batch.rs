@@ -92,7 +92,14 @@ async fn send(
 ) -> StoreResult<()> {
     let c = match conn {
         Some(c) => c,
-        None => conn.insert(backend.connection().await?),
+        None => match backend.kept_connection().await {
+            Some(fresh) => conn.insert(fresh?),
+            None => {
+                return Err(StoreError::Unavailable(
+                    "presence pipelines need a single Redis server".into(),
+                ));
+            }
+        },
     };
     let mut pipe = redis::pipe();
     for w in batch {
@@ -164,14 +171,19 @@ mod tests {
     async fn writes_land_fail_and_recover() {
         let port = free_port();
         let redis = Redis::start(port);
-        let backend = RedisBackend::new(&redis.url(), "t", Metrics::new("n")).expect("backend");
+        let target = fanout_adapter::RedisTarget::Single(redis.url());
+        let backend = RedisBackend::new(&target, "t", Metrics::new("n")).expect("backend");
         let batcher = PresenceBatcher::start(backend.clone());
         let writes = (0..50).map(|i| batcher.hset("t:p".into(), format!("c{i}"), format!("u{i}")));
         for result in futures_util::future::join_all(writes).await {
             assert!(result.is_ok(), "{result:?}");
         }
         batcher.hdel("t:p".into(), "c0".into()).await.expect("hdel");
-        let mut conn = backend.connection().await.expect("connection");
+        let mut conn = backend
+            .kept_connection()
+            .await
+            .expect("single server")
+            .expect("connection");
         let len: usize = conn.hlen("t:p").await.expect("hlen");
         assert_eq!(len, 49);
         drop(conn);

@@ -1,14 +1,24 @@
-//! Redis stores for cluster mode (deadpool-redis), with the keys of [`super::keys`]. Writes
-//! that must be atomic (user creation, record replace/delete) are Lua scripts; record patches
-//! use WATCH/MULTI. Every command is timed into `fanout_redis_command_duration_seconds`.
+//! Redis stores for cluster mode, with the keys of [`super::keys`], over one Redis
+//! (`redis://`, a deadpool of connections) or a Redis Cluster (`redis+cluster://`, redis-rs's
+//! multiplexed cluster connection, which routes every command to its slot's master and follows
+//! redirections and failovers). The store code is the same for both: every command touches one
+//! key, or is a Lua script over keys of one hash slot; no WATCH and no MULTI (a multiplexed
+//! cluster connection cannot hold a transaction). Writes that must be atomic (user creation,
+//! record create/replace/patch/delete, seat claims) are scripts; a patch is a compare-and-set
+//! script retried when the record changed meanwhile. Every operation is timed into
+//! `fanout_redis_command_duration_seconds`.
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::redis::{self, AsyncCommands, Script};
 use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime, Timeouts};
+use fanout_adapter::RedisTarget;
+use redis::aio::ConnectionLike;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::time::Instant;
 
 use super::batch::PresenceBatcher;
@@ -19,49 +29,105 @@ use super::{
 };
 use crate::metrics::Metrics;
 
-/// A Redis connection pool plus what every store needs: key prefix and metrics.
+/// How long a store operation waits for a connection, a connect or one reply.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where store commands go: a pool of single-server connections, or the cluster connection.
+#[derive(Clone)]
+enum Target {
+    Single(Pool),
+    Cluster(ClusterConnection),
+}
+
+/// One store operation's connection: pooled (single Redis) or a clone of the multiplexed
+/// cluster connection. Both speak [`ConnectionLike`], so the store code is written once.
+enum Conn {
+    /// A connection of the single-server pool.
+    Single(deadpool_redis::Connection),
+    /// The cluster connection (cheap to clone: a handle on one multiplexer).
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(conn) => conn.get_db(),
+            Conn::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// A Redis connection (pool or cluster) plus what every store needs: key prefix and metrics.
 #[derive(Clone)]
 pub struct RedisBackend {
-    pool: Pool,
+    target: Target,
     prefix: String,
     metrics: Metrics,
 }
 
 impl RedisBackend {
-    /// A pool for `url` whose waits and connects are bounded, so a lost Redis turns into fast
-    /// `unavailable` errors instead of hanging requests.
-    pub fn new(url: &str, prefix: &str, metrics: Metrics) -> Result<Self, StoreError> {
-        let timeout = Some(Duration::from_secs(2));
-        let mut settings = PoolSettings::from_url(url);
-        settings.pool = Some(PoolConfig {
-            max_size: 32,
-            timeouts: Timeouts {
-                wait: timeout,
-                create: timeout,
-                recycle: timeout,
-            },
-            ..PoolConfig::default()
-        });
-        let pool = settings
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|err| StoreError::Unavailable(format!("redis pool: {err}")))?;
+    /// A backend for `target` whose waits, connects and replies are bounded, so a lost Redis
+    /// turns into fast `unavailable` errors instead of hanging requests. Nothing is connected
+    /// yet: the first operations connect (and fail with `unavailable` while no server or no
+    /// seed answers).
+    pub fn new(target: &RedisTarget, prefix: &str, metrics: Metrics) -> Result<Self, StoreError> {
+        let target = match target {
+            RedisTarget::Single(url) => Target::Single(single_pool(url)?),
+            RedisTarget::Cluster(cluster) => {
+                let client = ClusterClientBuilder::new(cluster.seed_urls())
+                    .connection_timeout(TIMEOUT)
+                    .response_timeout(TIMEOUT)
+                    // Retries (MOVED, a failover in progress) may take this long in all.
+                    .overall_response_timeout(Some(TIMEOUT * 2))
+                    .build()
+                    .map_err(|err| StoreError::Unavailable(format!("redis cluster: {err}")))?;
+                Target::Cluster(client.get_pending_async_connection_with_config(Default::default()))
+            }
+        };
         Ok(Self {
-            pool,
+            target,
             prefix: prefix.to_string(),
             metrics,
         })
     }
 
-    /// Runs one store operation on a pooled connection, timing it and mapping errors.
-    pub(super) async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> StoreResult<T>
+    /// Runs one store operation on a connection, timing it and mapping errors.
+    async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> StoreResult<T>
     where
-        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let started = Instant::now();
-        let result = match self.pool.get().await {
+        let conn = match &self.target {
+            Target::Single(pool) => pool
+                .get()
+                .await
+                .map(Conn::Single)
+                .map_err(|err| StoreError::Unavailable(format!("redis connection: {err}"))),
+            Target::Cluster(conn) => Ok(Conn::Cluster(conn.clone())),
+        };
+        let result = match conn {
             Ok(conn) => f(conn).await,
-            Err(err) => Err(StoreError::Unavailable(format!("redis connection: {err}"))),
+            Err(err) => Err(err),
         };
         let ok = !matches!(
             result,
@@ -71,13 +137,23 @@ impl RedisBackend {
         result
     }
 
-    /// A pooled connection to keep across operations: the pool checks a connection with a
-    /// round trip (`UNWATCH` + `PING`) every time it hands one out.
-    pub(super) async fn connection(&self) -> StoreResult<deadpool_redis::Connection> {
-        self.pool
-            .get()
-            .await
-            .map_err(|err| StoreError::Unavailable(format!("redis connection: {err}")))
+    /// With a single Redis server: a pooled connection to keep across operations (the pool
+    /// checks a connection with a round trip, `UNWATCH` + `PING`, every time it hands one
+    /// out). None for a Redis Cluster, whose connection is one shared multiplexer already.
+    pub(super) async fn kept_connection(&self) -> Option<StoreResult<deadpool_redis::Connection>> {
+        match &self.target {
+            Target::Single(pool) => Some(
+                pool.get()
+                    .await
+                    .map_err(|err| StoreError::Unavailable(format!("redis connection: {err}"))),
+            ),
+            Target::Cluster(_) => None,
+        }
+    }
+
+    /// True for a single Redis server (not a cluster).
+    pub(super) fn is_single(&self) -> bool {
+        matches!(self.target, Target::Single(_))
     }
 
     /// Records one operation's duration and outcome (for operations not run through `run`).
@@ -89,6 +165,24 @@ impl RedisBackend {
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
+}
+
+/// The single-server pool: at most 32 connections, every wait bounded by [`TIMEOUT`].
+fn single_pool(url: &str) -> Result<Pool, StoreError> {
+    let timeout = Some(TIMEOUT);
+    let mut settings = PoolSettings::from_url(url);
+    settings.pool = Some(PoolConfig {
+        max_size: 32,
+        timeouts: Timeouts {
+            wait: timeout,
+            create: timeout,
+            recycle: timeout,
+        },
+        ..PoolConfig::default()
+    });
+    settings
+        .create_pool(Some(Runtime::Tokio1))
+        .map_err(|err| StoreError::Unavailable(format!("redis pool: {err}")))
 }
 
 fn unavailable(err: redis::RedisError) -> StoreError {
@@ -104,6 +198,9 @@ fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
 }
 
 /// Tokens: `SET <prefix>:token:<hash> <json> EX ttl` + `SADD <prefix>:user-tokens:<user>`.
+/// The two keys live in different slots, so they are written one after the other: index first,
+/// so a live token is always indexed (an index entry whose token expired or never got written
+/// is dropped when [`TokenStore::user_tokens`] meets it).
 pub struct RedisTokenStore(pub RedisBackend);
 
 #[async_trait]
@@ -116,17 +213,10 @@ impl TokenStore for RedisTokenStore {
         let member = hash.0.clone();
         self.0
             .run("token_insert", |mut conn| async move {
-                redis::pipe()
-                    .atomic()
-                    .cmd("SET")
-                    .arg(&key)
-                    .arg(&json)
-                    .arg("EX")
-                    .arg(ttl)
-                    .ignore()
-                    .sadd(&index, &member)
-                    .ignore()
-                    .query_async::<()>(&mut conn)
+                conn.sadd::<_, _, ()>(&index, &member)
+                    .await
+                    .map_err(unavailable)?;
+                conn.set_ex::<_, _, ()>(&key, &json, ttl)
                     .await
                     .map_err(unavailable)
             })
@@ -198,63 +288,127 @@ impl TokenStore for RedisTokenStore {
     }
 }
 
-/// Users: `<prefix>:user:<id>` JSON, unique indexes by username and e-mail.
+/// Users: `<prefix>:user:<id>` JSON, unique indexes by username and e-mail and the id counter
+/// under the `{users}` tag. Creation: a script checks both indexes and takes an id, the record
+/// is written, then a second script checks again and writes both indexes (or, when another
+/// signup won the name meanwhile, the record is deleted). So an indexed user always has its
+/// record; a node dying halfway leaves at most an unreachable record, never a taken name
+/// without a user.
 pub struct RedisUserStore(pub RedisBackend);
 
-/// Creates a user atomically: both indexes checked and written with the record.
-/// KEYS: by-username, by-email, next-id; ARGV: username, email, user-key prefix, json-without-id.
-const CREATE_USER: &str = r#"
+/// Takes a user id unless the username or e-mail is taken.
+/// KEYS: by-username, by-email, next-id; ARGV: username, email.
+const RESERVE_USER: &str = r#"
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {err = 'username'} end
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return {err = 'email'} end
-local id = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[1], ARGV[1], id)
-redis.call('HSET', KEYS[2], ARGV[2], id)
--- gsub returns (string, count): the parentheses keep only the string.
-redis.call('SET', ARGV[3] .. id, (string.gsub(ARGV[4], '"id":"__ID__"', '"id":' .. id, 1)))
-return id
+return redis.call('INCR', KEYS[3])
 "#;
+
+/// Indexes a user whose record is written, unless the username or e-mail was taken meanwhile.
+/// KEYS: by-username, by-email; ARGV: username, email, id.
+const INDEX_USER: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {err = 'username'} end
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return {err = 'email'} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"#;
+
+/// A user script's error: the taken field as a conflict, anything else `unavailable`.
+fn user_conflict(err: redis::RedisError) -> StoreError {
+    let text = err.to_string();
+    if text.contains("username") {
+        StoreError::Conflict("username is taken".into())
+    } else if text.contains("email") {
+        StoreError::Conflict("email is taken".into())
+    } else {
+        unavailable(err)
+    }
+}
 
 #[async_trait]
 impl UserStore for RedisUserStore {
     async fn create(&self, new: NewUser) -> StoreResult<User> {
         let prefix = self.0.prefix().to_string();
-        let mut user = User {
-            id: UserId::new("__ID__"),
+        let (by_name, by_email) = (
+            keys::users_by_username(&prefix),
+            keys::users_by_email(&prefix),
+        );
+        let (name, email) = (new.username.clone(), new.email.clone());
+        let id: u64 = {
+            let (by_name, by_email, name, email) = (
+                by_name.clone(),
+                by_email.clone(),
+                name.clone(),
+                email.clone(),
+            );
+            let counter = keys::users_next_id(&prefix);
+            self.0
+                .run("user_reserve", |mut conn| async move {
+                    Script::new(RESERVE_USER)
+                        .key(&by_name)
+                        .key(&by_email)
+                        .key(&counter)
+                        .arg(&name)
+                        .arg(&email)
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(user_conflict)
+                })
+                .await?
+        };
+        let user = User {
+            id: UserId::new(id.to_string()),
             username: new.username,
             email: new.email,
             password_hash: new.password_hash,
         };
-        // The placeholder id serializes as the string "__ID__"; the script swaps in the number.
+        let record_key = keys::user(&prefix, &user.id);
         let json = encode(&user)?;
-        let user_key_prefix = keys::user(&prefix, &UserId::new(""));
-        let (name, email) = (user.username.clone(), user.email.clone());
-        let id: u64 = self
+        {
+            let record_key = record_key.clone();
+            self.0
+                .run("user_write", |mut conn| async move {
+                    conn.set::<_, _, ()>(&record_key, &json)
+                        .await
+                        .map_err(unavailable)
+                })
+                .await?;
+        }
+        let indexed = self
             .0
-            .run("user_create", |mut conn| async move {
-                Script::new(CREATE_USER)
-                    .key(keys::users_by_username(&prefix))
-                    .key(keys::users_by_email(&prefix))
-                    .key(keys::users_next_id(&prefix))
+            .run("user_index", |mut conn| async move {
+                Script::new(INDEX_USER)
+                    .key(&by_name)
+                    .key(&by_email)
                     .arg(&name)
                     .arg(&email)
-                    .arg(&user_key_prefix)
-                    .arg(&json)
-                    .invoke_async(&mut conn)
+                    .arg(id)
+                    .invoke_async::<()>(&mut conn)
                     .await
-                    .map_err(|err| {
-                        // The script's own errors name the taken field.
-                        let text = err.to_string();
-                        if text.contains("username") {
-                            StoreError::Conflict("username is taken".into())
-                        } else if text.contains("email") {
-                            StoreError::Conflict("email is taken".into())
-                        } else {
-                            unavailable(err)
-                        }
-                    })
+                    .map_err(user_conflict)
             })
-            .await?;
-        user.id = UserId::new(id.to_string());
+            .await;
+        if let Err(err) = indexed {
+            if !matches!(err, StoreError::Conflict(_)) {
+                // Maybe indexed, maybe not: the record stays (unreachable when not indexed).
+                return Err(err);
+            }
+            // Lost a race for the name: the record must not stay behind.
+            let cleanup = self
+                .0
+                .run("user_unwrite", |mut conn| async move {
+                    // GETDEL, not DEL: the ACL grants no DEL (docs/OPERATIONS.md).
+                    conn.get_del::<_, ()>(&record_key)
+                        .await
+                        .map_err(unavailable)
+                })
+                .await;
+            if let Err(cleanup) = cleanup {
+                tracing::warn!(%cleanup, user = id, "unindexed user record left behind");
+            }
+            return Err(err);
+        }
         Ok(user)
     }
 
@@ -300,43 +454,55 @@ impl UserStore for RedisUserStore {
     }
 }
 
-/// Models: one hash per model (`<prefix>:model:<Model>`, field = id, value = the record's
-/// JSON exactly as clients see it), ids from `<prefix>:model-ids:<Model>`, owners beside the
-/// records in `<prefix>:model-owners:<Model>`, per-user counts in
-/// `<prefix>:model-owned:<Model>`, model names in `<prefix>:models`. Every write that checks
-/// an owner or a quota does it in the same Lua script (or WATCH transaction) as the write.
+/// Models: one hash per model (`<prefix>:model:{<Model>}`, field = id, value = the record's
+/// JSON exactly as clients see it), ids from `<prefix>:model-ids:{<Model>}`, owners beside the
+/// records in `<prefix>:model-owners:{<Model>}`, per-user counts in
+/// `<prefix>:model-owned:{<Model>}` — one slot per model — and model names in
+/// `<prefix>:models`. Every write that checks an owner or a quota does it in the same Lua
+/// script as the write. The model-count quota is checked and the name registered by its own
+/// script on `<prefix>:models` before the record's script runs (different slots): a new model
+/// has no records yet, so the per-user quota cannot refuse its first record afterwards.
 pub struct RedisModelStore(pub RedisBackend);
 
-/// Creates a record within the quotas. KEYS: models set, id counter, records, owners, owned
-/// counts. ARGV: model, owner, record JSON without id, max models, max records per user
-/// (0 = no limit). Returns the id, -1 over the model quota, -2 over the user's quota.
-const CREATE_RECORD: &str = r#"
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
-  local max = tonumber(ARGV[4])
-  if max > 0 and redis.call('SCARD', KEYS[1]) >= max then return -1 end
-end
-local limit = tonumber(ARGV[5])
-if limit > 0 and tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0') >= limit then return -2 end
+/// Registers a model name within the model quota. KEYS: models set. ARGV: model, max models
+/// (0 = no limit). Returns 1, or -1 when the model is new and the quota is reached.
+const REGISTER_MODEL: &str = r#"
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
+local max = tonumber(ARGV[2])
+if max > 0 and redis.call('SCARD', KEYS[1]) >= max then return -1 end
 redis.call('SADD', KEYS[1], ARGV[1])
-local id = redis.call('INCR', KEYS[2])
-local body = ARGV[3]
+return 1
+"#;
+
+/// Creates a record within the user's quota. KEYS: id counter, records, owners, owned counts.
+/// ARGV: owner, record JSON without id, max records per user (0 = no limit). Returns the id,
+/// or -2 over the user's quota.
+const CREATE_RECORD: &str = r#"
+local limit = tonumber(ARGV[3])
+if limit > 0 and tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0') >= limit then return -2 end
+local id = redis.call('INCR', KEYS[1])
+local body = ARGV[2]
 local record
 if body == '{}' then
   record = '{"id":' .. id .. '}'
 else
   record = '{"id":' .. id .. ',' .. string.sub(body, 2)
 end
-redis.call('HSET', KEYS[3], id, record)
-redis.call('HSET', KEYS[4], id, ARGV[2])
-redis.call('HINCRBY', KEYS[5], ARGV[2], 1)
+redis.call('HSET', KEYS[2], id, record)
+redis.call('HSET', KEYS[3], id, ARGV[1])
+redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
 return id
 "#;
 
 /// Replaces a record if it exists and the writer may. KEYS: records, owners. ARGV: id, JSON,
-/// "1" to require the owner, owner. Returns 1, 0 (no record) or -1 (not the owner).
+/// "1" to require the owner, owner, and optionally the JSON the record must still hold (a
+/// patch's compare-and-set). Returns 1, 0 (no record), -1 (not the owner) or -2 (the record
+/// changed since it was read).
 const REPLACE_RECORD: &str = r#"
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current then return 0 end
 if ARGV[3] == '1' and redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[4] then return -1 end
+if ARGV[5] and current ~= ARGV[5] then return -2 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 "#;
@@ -357,6 +523,17 @@ end
 return value
 "#;
 
+/// How often a patch tries its compare-and-set when other writers keep changing the record.
+const PATCH_ATTEMPTS: u32 = 32;
+
+/// The pause before a patch's next attempt: random, up to 2^attempt ms (at most 64 ms), so
+/// writers that collided spread out instead of colliding again.
+fn patch_backoff(attempt: u32) -> Duration {
+    use rand::Rng;
+    let max = 1u64 << attempt.min(6);
+    Duration::from_millis(rand::rng().random_range(0..=max))
+}
+
 fn decode_record(raw: &str) -> StoreResult<Record> {
     decode("record", raw)
 }
@@ -367,13 +544,6 @@ fn owner_args(access: &WriteAccess) -> (&'static str, String) {
         WriteAccess::Anyone => ("0", String::new()),
         WriteAccess::Owner(user) => ("1", user.as_str().to_string()),
     }
-}
-
-async fn unwatch(conn: &mut deadpool_redis::Connection) -> StoreResult<()> {
-    redis::cmd("UNWATCH")
-        .query_async::<()>(conn)
-        .await
-        .map_err(unavailable)
 }
 
 #[async_trait]
@@ -388,30 +558,43 @@ impl ModelStore for RedisModelStore {
         data.remove("id");
         limits.check_size(&data)?;
         let prefix = self.0.prefix();
+        let max_models = limits.max_models;
+        let (set, name) = (keys::models(prefix), model.to_string());
+        let registered: i64 = self
+            .0
+            .run("model_register", |mut conn| async move {
+                Script::new(REGISTER_MODEL)
+                    .key(&set)
+                    .arg(&name)
+                    .arg(max_models)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        if registered != 1 {
+            return Err(StoreError::Quota(Quota::Models(max_models)));
+        }
         let names = [
-            keys::models(prefix),
             keys::model_next_id(prefix, model),
             keys::model(prefix, model),
             keys::model_owners(prefix, model),
             keys::model_owned(prefix, model),
         ];
         let json = encode(&data)?;
-        let (name, owner_arg) = (model.to_string(), owner.as_str().to_string());
-        let (max_models, per_user) = (limits.max_models, limits.records_per_user);
+        let owner_arg = owner.as_str().to_string();
+        let per_user = limits.records_per_user;
         let id: i64 = self
             .0
             .run("model_create", |mut conn| async move {
-                let [set, counter, records, owners, owned] = &names;
+                let [counter, records, owners, owned] = &names;
                 Script::new(CREATE_RECORD)
-                    .key(set)
                     .key(counter)
                     .key(records)
                     .key(owners)
                     .key(owned)
-                    .arg(&name)
                     .arg(&owner_arg)
                     .arg(&json)
-                    .arg(max_models)
                     .arg(per_user)
                     .invoke_async(&mut conn)
                     .await
@@ -419,7 +602,6 @@ impl ModelStore for RedisModelStore {
             })
             .await?;
         match id {
-            -1 => Err(StoreError::Quota(Quota::Models(max_models))),
             -2 => Err(StoreError::Quota(Quota::RecordsPerUser(per_user))),
             id if id > 0 => {
                 data.insert("id".into(), id.into());
@@ -510,46 +692,46 @@ impl ModelStore for RedisModelStore {
         );
         let access = access.clone();
         let limits = *limits;
+        let (check, owner) = owner_args(&access);
         self.0
             .run("model_patch", |mut conn| async move {
-                // Optimistic transaction: retry when another writer changed the hash meanwhile.
-                // A record's owner never changes while the record exists, so watching the
-                // records hash covers the owner check too.
-                for _ in 0..16 {
-                    redis::cmd("WATCH")
-                        .arg(&hash)
-                        .query_async::<()>(&mut conn)
-                        .await
-                        .map_err(unavailable)?;
+                // Optimistic: read, merge here (serde_json, not Lua's cjson, so the JSON stays
+                // exactly what clients wrote), then write only if the record is unchanged.
+                for attempt in 0..PATCH_ATTEMPTS {
+                    if attempt > 0 {
+                        tokio::time::sleep(patch_backoff(attempt)).await;
+                    }
                     let raw: Option<String> = conn.hget(&hash, id).await.map_err(unavailable)?;
                     let Some(raw) = raw else {
-                        unwatch(&mut conn).await?;
                         return Err(StoreError::NotFound);
                     };
                     if let WriteAccess::Owner(_) = access {
                         let owner: Option<String> =
                             conn.hget(&owners, id).await.map_err(unavailable)?;
                         if !access.allows(owner.map(UserId::new).as_ref()) {
-                            unwatch(&mut conn).await?;
                             return Err(StoreError::Forbidden);
                         }
                     }
                     let mut record = decode_record(&raw)?;
                     merge_record(&mut record, patch.clone());
-                    if let Err(err) = limits.check_size(&record) {
-                        unwatch(&mut conn).await?;
-                        return Err(err);
-                    }
+                    limits.check_size(&record)?;
                     let json = encode(&record)?;
-                    let done: Option<()> = redis::pipe()
-                        .atomic()
-                        .hset(&hash, id, &json)
-                        .ignore()
-                        .query_async(&mut conn)
+                    let written: i64 = Script::new(REPLACE_RECORD)
+                        .key(&hash)
+                        .key(&owners)
+                        .arg(id)
+                        .arg(&json)
+                        .arg(check)
+                        .arg(&owner)
+                        .arg(&raw)
+                        .invoke_async(&mut conn)
                         .await
                         .map_err(unavailable)?;
-                    if done.is_some() {
-                        return Ok(record);
+                    match written {
+                        1 => return Ok(record),
+                        0 => return Err(StoreError::NotFound),
+                        -1 => return Err(StoreError::Forbidden),
+                        _ => continue, // changed meanwhile: read again
                     }
                 }
                 Err(StoreError::Unavailable("record too contended".into()))
@@ -590,11 +772,12 @@ impl ModelStore for RedisModelStore {
 
 /// Presence: `<prefix>:presence:<topic>` hash, field `<node>/<transport>/<id>` → user id.
 /// Entries of nodes whose heartbeat key expired are ignored and cleaned up on read, so a
-/// crashed node does not keep users present forever. Joins and leaves go through a
-/// [`PresenceBatcher`] (pipelined).
+/// crashed node does not keep users present forever. With a single Redis server, joins and
+/// leaves go through a [`PresenceBatcher`] (pipelined); with a cluster (one key slot per
+/// topic), one command each.
 pub struct RedisPresenceStore {
     backend: RedisBackend,
-    writes: PresenceBatcher,
+    writes: Option<PresenceBatcher>,
 }
 
 /// How often a node refreshes its heartbeat key, and how long the key lives.
@@ -603,9 +786,11 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const HEARTBEAT_TTL_SECS: u64 = 15;
 
 impl RedisPresenceStore {
-    /// The store on `backend`; starts its writer task.
+    /// The store on `backend`; starts its writer task (single Redis server).
     pub fn new(backend: RedisBackend) -> Self {
-        let writes = PresenceBatcher::start(backend.clone());
+        let writes = backend
+            .is_single()
+            .then(|| PresenceBatcher::start(backend.clone()));
         Self { backend, writes }
     }
 
@@ -637,14 +822,30 @@ fn node_of(conn: &str) -> &str {
 impl PresenceStore for RedisPresenceStore {
     async fn join(&self, topic: &str, conn: &ConnKey, user: &UserId) -> StoreResult<()> {
         let key = keys::presence(self.backend.prefix(), topic);
-        self.writes
-            .hset(key, conn.0.clone(), user.as_str().to_string())
+        let (field, value) = (conn.0.clone(), user.as_str().to_string());
+        if let Some(writes) = &self.writes {
+            return writes.hset(key, field, value).await;
+        }
+        self.backend
+            .run("presence_join", |mut c| async move {
+                c.hset::<_, _, _, ()>(&key, &field, &value)
+                    .await
+                    .map_err(unavailable)
+            })
             .await
     }
 
     async fn leave(&self, topic: &str, conn: &ConnKey) -> StoreResult<()> {
         let key = keys::presence(self.backend.prefix(), topic);
-        self.writes.hdel(key, conn.0.clone()).await
+        let field = conn.0.clone();
+        if let Some(writes) = &self.writes {
+            return writes.hdel(key, field).await;
+        }
+        self.backend
+            .run("presence_leave", |mut c| async move {
+                c.hdel::<_, _, ()>(&key, &field).await.map_err(unavailable)
+            })
+            .await
     }
 
     async fn members(&self, topic: &str) -> StoreResult<Vec<UserId>> {
@@ -664,58 +865,74 @@ impl PresenceStore for RedisPresenceStore {
     }
 }
 
-/// The entries of a hash whose fields are connection keys (`<node>/<transport>/<id>`), minus
-/// those of nodes whose heartbeat key expired — which are deleted on the way, so a crashed
-/// node's presence and seats do not outlive it. One `EXISTS` per distinct node.
-async fn live_entries(
-    c: &mut deadpool_redis::Connection,
+/// The nodes among `nodes` whose heartbeat key expired. One `EXISTS` per node (each its own
+/// slot on a cluster).
+async fn dead_nodes<'a>(
+    c: &mut Conn,
     prefix: &str,
-    key: &str,
-) -> StoreResult<Vec<(String, String)>> {
-    let entries: Vec<(String, String)> = c.hgetall(key).await.map_err(unavailable)?;
-    let nodes: BTreeSet<&str> = entries.iter().map(|(conn, _)| node_of(conn)).collect();
-    let mut alive = BTreeSet::new();
+    nodes: BTreeSet<&'a str>,
+) -> StoreResult<Vec<&'a str>> {
+    let mut dead = Vec::new();
     for node in nodes {
         let exists: bool = c
             .exists(keys::node_alive(prefix, node))
             .await
             .map_err(unavailable)?;
-        if exists {
-            alive.insert(node.to_string());
+        if !exists {
+            dead.push(node);
         }
     }
-    let (live, dead): (Vec<_>, Vec<_>) = entries
+    Ok(dead)
+}
+
+/// The entries of a hash whose fields are connection keys (`<node>/<transport>/<id>`), minus
+/// those of nodes whose heartbeat key expired — which are deleted on the way, so a crashed
+/// node's presence and seats do not outlive it.
+async fn live_entries(c: &mut Conn, prefix: &str, key: &str) -> StoreResult<Vec<(String, String)>> {
+    let entries: Vec<(String, String)> = c.hgetall(key).await.map_err(unavailable)?;
+    let nodes: BTreeSet<&str> = entries.iter().map(|(conn, _)| node_of(conn)).collect();
+    let dead: BTreeSet<String> = dead_nodes(c, prefix, nodes)
+        .await?
         .into_iter()
-        .partition(|(conn, _)| alive.contains(node_of(conn)));
+        .map(str::to_string)
+        .collect();
+    let (dead, live): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .partition(|(conn, _)| dead.contains(node_of(conn)));
     for (conn, _) in &dead {
         c.hdel::<_, _, ()>(key, conn).await.map_err(unavailable)?;
     }
     Ok(live)
 }
 
-/// `/chat` seats: `<prefix>:chat:<room>` hash, field = connection key (`<node>/sio/<sid>`),
-/// value = `<order>|<member json>`. The claim is one Lua script: seats whose node heartbeat
-/// key (`<prefix>:node:<id>`) expired are removed first, then the seat is taken only while the
-/// room holds fewer than `capacity` — never check-then-act across round trips.
+/// `/chat` seats: `<prefix>:{chat:<room>}` hash, field = connection key (`<node>/sio/<sid>`),
+/// value = `<order>|<member json>`. The claim is one Lua script: the seats of nodes found dead
+/// just before (heartbeat key `<prefix>:node:<id>` expired: read first, since those keys live
+/// in other slots) are removed, then the seat is taken only while the room holds fewer than
+/// `capacity` — the count and the write are one atomic step. A seat of a node that appeared
+/// after the liveness read counts as alive.
 pub struct RedisChatStore(pub RedisBackend);
 
-/// KEYS: room hash, order counter. ARGV: node-key prefix, field, member json, capacity.
+/// KEYS: room hash, order counter. ARGV: field, member json, capacity, then the dead nodes.
 /// Returns the room's entries after the claim, or `false` when full.
 const CLAIM_SEAT: &str = r#"
-local entries = redis.call('HGETALL', KEYS[1])
+local dead = {}
+for i = 4, #ARGV do dead[ARGV[i]] = true end
+local fields = redis.call('HKEYS', KEYS[1])
 local alive = 0
-for i = 1, #entries, 2 do
-  local field = entries[i]
-  local node = string.match(field, '^([^/]*)/')
-  if field ~= ARGV[2] and node and redis.call('EXISTS', ARGV[1] .. node) == 0 then
-    redis.call('HDEL', KEYS[1], field)
-  elseif field ~= ARGV[2] then
-    alive = alive + 1
+for _, field in ipairs(fields) do
+  if field ~= ARGV[1] then
+    local node = string.match(field, '^([^/]*)/')
+    if node and dead[node] then
+      redis.call('HDEL', KEYS[1], field)
+    else
+      alive = alive + 1
+    end
   end
 end
-if alive >= tonumber(ARGV[4]) then return false end
+if alive >= tonumber(ARGV[3]) then return false end
 local order = redis.call('INCR', KEYS[2])
-redis.call('HSET', KEYS[1], ARGV[2], string.format('%020d', order) .. '|' .. ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%020d', order) .. '|' .. ARGV[2])
 return redis.call('HVALS', KEYS[1])
 "#;
 
@@ -744,18 +961,24 @@ impl ChatStore for RedisChatStore {
             keys::chat_room(&prefix, room),
             keys::chat_order(&prefix, room),
         );
-        let node_prefix = keys::node_alive(&prefix, "");
         let (field, json) = (member.conn.0.clone(), encode(member)?);
         let values: Option<Vec<String>> = self
             .0
             .run("chat_claim", |mut conn| async move {
+                let fields: Vec<String> = conn.hkeys(&hash).await.map_err(unavailable)?;
+                let nodes = fields
+                    .iter()
+                    .filter(|field| field.contains('/'))
+                    .map(|field| node_of(field))
+                    .collect();
+                let dead = dead_nodes(&mut conn, &prefix, nodes).await?;
                 Script::new(CLAIM_SEAT)
                     .key(&hash)
                     .key(&order)
-                    .arg(&node_prefix)
                     .arg(&field)
                     .arg(&json)
                     .arg(capacity)
+                    .arg(dead)
                     .invoke_async(&mut conn)
                     .await
                     .map_err(unavailable)

@@ -113,6 +113,13 @@ async function startDeployment({ nodes = 3, env = {}, upTimeoutMs = 90_000 } = {
       const names = fs.readFileSync(path.join(runDir, 'components'), 'utf8').split('\n').filter(Boolean);
       return Object.fromEntries(names.map((n) => [n, dep.pid(n)]));
     },
+    /** DEPLOY_REDIS=cluster: the ports of the six cluster nodes (from the run dir). */
+    clusterPorts() {
+      const f = path.join(runDir, 'redis-cluster', 'ports');
+      return fs.existsSync(f) ? fs.readFileSync(f, 'utf8').split('\n').filter(Boolean).map(Number) : [];
+    },
+    /** DEPLOY_REDIS=cluster: redis-cli as admin on one cluster node. */
+    clusterAdmin: (port, args, opts) => redisCli(port, { user: 'admin', password: adminPassword }, args, opts),
     logs(name) {
       const f = path.join(runDir, 'logs', `${name}.log`);
       return fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '';

@@ -345,10 +345,13 @@ function collect(socket, event) {
   return got;
 }
 
-/** Polls `predicate` every 10 ms until it is true; rejects after `ms` with `what`. */
+/**
+ * Polls `predicate` every 10 ms until it is true; rejects after `ms` with `what`. An async
+ * predicate is awaited (its promise, always truthy, is never taken for the answer).
+ */
 async function waitUntil(predicate, ms = 3000, what = 'condition') {
   const deadline = Date.now() + ms;
-  while (!predicate()) {
+  while (!(await predicate())) {
     if (Date.now() > deadline) throw new Error(`timeout after ${ms} ms waiting for ${what}`);
     await sleep(10);
   }

@@ -8,6 +8,9 @@
 //                                 cluster.urls, to createCluster({ rootNodes }) / the adapter
 //   await cluster.killMaster(p)   SIGKILL the master on port p; resolves once one of its replicas
 //                                 is master and every surviving node reports cluster_state:ok
+//   await cluster.masterOf(key)   port of the master serving key's slot (keys, sharded channels)
+//   await cluster.moveSlotOf(k, p) migrate the one slot of k to the master on port p (reshard)
+//   startRedisCluster({ ports })  6 given ports instead of free ones
 //   await cluster.stop()          deploy/local/redis-cluster down
 
 const { execFile, spawnSync } = require('node:child_process');
@@ -64,14 +67,14 @@ async function clusterState(port) {
  * Starts the cluster and waits until every node reports cluster_state:ok (the script does).
  * Returns { ports, urls, seed, runDir, stop(), killMaster(port), status(), masters(), cli(port, …) }.
  */
-async function startRedisCluster({ nodeTimeoutMs = 3000, upTimeoutMs = 60_000 } = {}) {
+async function startRedisCluster({ nodeTimeoutMs = 3000, upTimeoutMs = 60_000, ports: wanted } = {}) {
   const probe = spawnSync('redis-server', ['--version']);
   if (probe.error || probe.status !== 0) throw new Error('redis-server is missing: apt-get install -y redis-server');
   const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'fanout-redis-cluster-'));
   const env = {
     ...process.env,
     REDIS_CLUSTER_DIR: runDir,
-    REDIS_CLUSTER_PORTS: 'free',
+    REDIS_CLUSTER_PORTS: wanted ? wanted.join(',') : 'free',
     REDIS_CLUSTER_NODE_TIMEOUT: String(nodeTimeoutMs),
     REDIS_CLUSTER_READY_TIMEOUT: '30',
   };
@@ -95,6 +98,49 @@ async function startRedisCluster({ nodeTimeoutMs = 3000, upTimeoutMs = 60_000 } 
     async masters() {
       const nodes = await clusterNodes(alivePorts()[0]);
       return nodes.filter((n) => n.flags.includes('master') && !n.flags.includes('fail')).map((n) => n.port);
+    },
+    /** Port of the master serving KEY's slot (a key or a sharded channel name). */
+    async masterOf(key) {
+      const slot = Number(await cli(alivePorts()[0], 'CLUSTER', 'KEYSLOT', key));
+      const nodes = await clusterNodes(alivePorts()[0]);
+      const owner = nodes.find((n) => n.flags.includes('master') && !n.flags.includes('fail') && n.slots.some((range) => {
+        if (range.startsWith('[')) return false; // a migration in progress, not ownership
+        const [lo, hi = lo] = range.split('-').map(Number);
+        return slot >= lo && slot <= hi;
+      }));
+      if (!owner) throw new Error(`no master serves slot ${slot} of ${key}`);
+      return owner.port;
+    },
+    /**
+     * Moves the one slot of KEY to the master on port TO, under traffic, the way
+     * `redis-cli --cluster reshard` does it for one slot: IMPORTING on the target, MIGRATING on
+     * the source, MIGRATE of the slot's keys, then SETSLOT NODE on target, source and the rest.
+     * Resolves { slot, from, to }.
+     */
+    async moveSlotOf(key, to) {
+      const slot = Number(await cli(alivePorts()[0], 'CLUSTER', 'KEYSLOT', key));
+      const from = await cluster.masterOf(key);
+      if (from === to) throw new Error(`slot ${slot} is already on ${to}`);
+      const nodes = await clusterNodes(alivePorts()[0]);
+      const id = (port) => nodes.find((n) => n.port === port).id;
+      const ok = async (port, ...args) => {
+        const out = (await cli(port, ...args)).trim();
+        if (out !== 'OK') throw new Error(`${args.join(' ')} on ${port}: ${out}`);
+      };
+      await ok(to, 'CLUSTER', 'SETSLOT', slot, 'IMPORTING', id(from));
+      await ok(from, 'CLUSTER', 'SETSLOT', slot, 'MIGRATING', id(to));
+      for (;;) {
+        const keys = (await cli(from, 'CLUSTER', 'GETKEYSINSLOT', slot, 100)).split('\n').filter(Boolean);
+        if (!keys.length) break;
+        const out = (await cli(from, 'MIGRATE', HOST, to, '', 0, 5000, 'KEYS', ...keys)).trim();
+        if (out !== 'OK') throw new Error(`MIGRATE on ${from}: ${out}`);
+      }
+      await ok(to, 'CLUSTER', 'SETSLOT', slot, 'NODE', id(to));
+      await ok(from, 'CLUSTER', 'SETSLOT', slot, 'NODE', id(to));
+      for (const n of nodes.filter((n) => n.flags.includes('master') && ![from, to].includes(n.port) && !killed.has(n.port))) {
+        await ok(n.port, 'CLUSTER', 'SETSLOT', slot, 'NODE', id(to));
+      }
+      return { slot, from, to };
     },
     /** deploy/local/redis-cluster status: { code, stdout }. */
     async status() {

@@ -153,7 +153,7 @@ describe('local deployment: HAProxy (sticky) → 3 nodes → Redis, scraped by P
     const before = await dep.redis.admin(['ACL', 'LOG']);
     assert.equal(before.stdout.trim(), '', `denied commands:\n${before.stdout}`);
 
-    // Paths that use every command the ACL grants: users (Lua), tokens, models (MULTI/WATCH),
+    // Paths that use every command the ACL grants: users (Lua), tokens, models (Lua, the PATCH compare-and-set),
     // presence, chat seats (Lua), the stream and revocation channels, the events channel.
     const u = await newUser(dep.lb, 'acl');
     const q = `?access_token=${u.token}`;
@@ -192,7 +192,7 @@ describe('local deployment: HAProxy (sticky) → 3 nodes → Redis, scraped by P
     const denied = [
       ['SET', 'other:x', '1'],
       ['GET', 'other:x'],
-      ['DEL', 'fanout:users:by-username'],
+      ['DEL', 'fanout:{users}:by-username'],
       ['PUBLISH', 'other', 'x'],
       ['FLUSHALL'],
       ['KEYS', '*'],
