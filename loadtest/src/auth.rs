@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::error::{AuthError, chain};
-use crate::redis_conn::RedisConn;
+use crate::redis_conn;
 
 /// How to obtain tokens.
 #[derive(Debug, Clone)]
@@ -203,7 +203,7 @@ async fn seed_redis(
         url: url.to_owned(),
         source,
     };
-    let mut conn = RedisConn::connect(url).await.map_err(seed_err)?;
+    let mut conn = redis_conn::connect(url).await.map_err(seed_err)?;
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -1,103 +1,68 @@
-//! The loadtest's own Redis connection (token seeding, the `redis` workload's publishes): one
-//! server for `redis://…`, a Redis Cluster for `redis+cluster://…` — the URL forms of
-//! `FANOUT_REDIS_URL`, parsed by the same parser the nodes use (`fanout_adapter`).
+//! The loadtest's own Redis connection (token seeding, the `redis` workload's publishes, the
+//! connect workload's storm): one server for `redis://…`, a Redis Cluster for
+//! `redis+cluster://…` — the URL forms of `FANOUT_REDIS_URL`, parsed by the same parser the
+//! nodes use, and the same two-kinds connection type as the nodes' stores (`fanout_adapter`).
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use std::time::Duration;
+
+use fanout_adapter::{EitherConnection, RedisTarget};
+use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{ErrorKind, RedisError, RedisResult};
 
 /// A multiplexed connection to one Redis or to a Redis Cluster (commands routed by slot).
-#[derive(Clone)]
-pub enum RedisConn {
-    /// One server (classic mode).
-    Single(MultiplexedConnection),
-    /// A Redis Cluster (sharded mode).
-    Cluster(ClusterConnection),
+pub type RedisConn = EitherConnection<MultiplexedConnection, ClusterConnection>;
+
+/// Connects to what `url` names (redis-rs's default reply timeouts).
+pub async fn connect(url: &str) -> RedisResult<RedisConn> {
+    connect_with_timeout(url, None).await
 }
 
-impl RedisConn {
-    /// Connects to what `url` names (redis-rs's default reply timeouts).
-    pub async fn connect(url: &str) -> RedisResult<Self> {
-        Self::connect_with_timeout(url, None).await
-    }
-
-    /// Connects to what `url` names; every reply may take up to `response_timeout` (a pipeline
-    /// of large publishes to busy subscribers can take seconds).
-    pub async fn connect_with_timeout(
-        url: &str,
-        response_timeout: Option<std::time::Duration>,
-    ) -> RedisResult<Self> {
-        let target = fanout_adapter::parse_redis_target(url).map_err(|err| {
-            RedisError::from((
-                ErrorKind::InvalidClientConfig,
-                "bad Redis URL",
-                err.to_string(),
+/// Connects to what `url` names; every reply may take up to `response_timeout` (a pipeline
+/// of large publishes to busy subscribers can take seconds).
+pub async fn connect_with_timeout(
+    url: &str,
+    response_timeout: Option<Duration>,
+) -> RedisResult<RedisConn> {
+    let target = fanout_adapter::parse_redis_target(url).map_err(|err| {
+        RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "bad Redis URL",
+            err.to_string(),
+        ))
+    })?;
+    match target {
+        RedisTarget::Single(url) => {
+            let client = redis::Client::open(url.as_str())?;
+            let mut config = redis::AsyncConnectionConfig::new();
+            if let Some(timeout) = response_timeout {
+                config = config.set_response_timeout(Some(timeout));
+            }
+            Ok(RedisConn::Single(
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
             ))
-        })?;
-        match target {
-            fanout_adapter::RedisTarget::Single(url) => {
-                let client = redis::Client::open(url.as_str())?;
-                let mut config = redis::AsyncConnectionConfig::new();
-                if let Some(timeout) = response_timeout {
-                    config = config.set_response_timeout(Some(timeout));
-                }
-                Ok(Self::Single(
-                    client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?,
-                ))
-            }
-            fanout_adapter::RedisTarget::Cluster(cluster) => {
-                let mut builder = ClusterClientBuilder::new(cluster.seed_urls());
-                if let Some(timeout) = response_timeout {
-                    builder = builder.response_timeout(timeout);
-                }
-                let client = builder.build()?;
-                Ok(Self::Cluster(client.get_async_connection().await?))
-            }
         }
-    }
-
-    /// The publish command the nodes listen to: `PUBLISH` on one Redis, `SPUBLISH` (sharded
-    /// pub/sub) on a cluster.
-    pub fn publish_command(&self) -> &'static str {
-        match self {
-            Self::Single(_) => "PUBLISH",
-            Self::Cluster(_) => "SPUBLISH",
+        RedisTarget::Cluster(cluster) => {
+            let mut builder = ClusterClientBuilder::new(cluster.seed_urls());
+            if let Some(timeout) = response_timeout {
+                builder = builder.response_timeout(timeout);
+            }
+            Ok(RedisConn::Cluster(
+                builder.build()?.get_async_connection().await?,
+            ))
         }
-    }
-
-    /// True for a Redis Cluster (a pipeline must then stay within one slot).
-    pub fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
     }
 }
 
-impl ConnectionLike for RedisConn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(conn) => conn.req_packed_command(cmd),
-            Self::Cluster(conn) => conn.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(conn) => conn.get_db(),
-            Self::Cluster(conn) => conn.get_db(),
-        }
+/// The publish command the nodes listen to: `PUBLISH` on one Redis, `SPUBLISH` (sharded
+/// pub/sub) on a cluster.
+pub fn publish_command(conn: &RedisConn) -> &'static str {
+    if conn.is_cluster() {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
     }
 }

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use super::shared::{Shared, source_ip};
 use super::{ClientTransport, Plan};
 use crate::auth::Tokens;
-use crate::client::{ConnectOptions, Connection, Incoming, connect};
+use crate::client::{ClientError, ConnectOptions, Connection, Incoming, Timings, connect};
 use crate::report::{self, Stamped, Tracker};
 use crate::sys;
 use crate::wsclient::connect_ws;
@@ -164,6 +164,24 @@ pub(super) fn ack_ok(args: &str) -> bool {
     args.contains("\"ok\":true")
 }
 
+/// Counts a client whose handshake failed (auth refusals apart) and keeps the reason.
+fn connect_failed(sh: &Shared, i: usize, target: &str, e: ClientError) -> Option<Tracker> {
+    if e.is_auth() {
+        sh.auth_failed.fetch_add(1, Ordering::Relaxed);
+    } else {
+        sh.connect_failed.fetch_add(1, Ordering::Relaxed);
+    }
+    sh.failure(format!("client {i} → {target}: {e}"));
+    None
+}
+
+/// Records a finished handshake's duration.
+fn record_connect(sh: &Shared, timings: &Timings) {
+    if let Ok(mut h) = sh.connect_hist.lock() {
+        h.saturating_record((timings.total.as_micros() as u64).max(1));
+    }
+}
+
 /// One subscriber (or idle) client: connect, subscribe, then record deliveries until stop.
 #[allow(clippy::too_many_arguments)]
 async fn client_task(
@@ -177,19 +195,9 @@ async fn client_task(
 ) -> Option<Tracker> {
     let (mut conn, timings) = match connect(&opts).await {
         Ok(c) => c,
-        Err(e) => {
-            if e.is_auth() {
-                sh.auth_failed.fetch_add(1, Ordering::Relaxed);
-            } else {
-                sh.connect_failed.fetch_add(1, Ordering::Relaxed);
-            }
-            sh.failure(format!("client {i} → {}: {e}", opts.url));
-            return None;
-        }
+        Err(e) => return connect_failed(&sh, i, &opts.url, e),
     };
-    if let Ok(mut h) = sh.connect_hist.lock() {
-        h.saturating_record((timings.total.as_micros() as u64).max(1));
-    }
+    record_connect(&sh, &timings);
     let mut tracker = Tracker::new(Vec::with_capacity(topics.len()));
     for t in topics {
         let name = &names[t as usize];
@@ -263,19 +271,9 @@ async fn ws_client_task(
 ) -> Option<Tracker> {
     let (mut conn, timings) = match connect_ws(&opts).await {
         Ok(c) => c,
-        Err(e) => {
-            if e.is_auth() {
-                sh.auth_failed.fetch_add(1, Ordering::Relaxed);
-            } else {
-                sh.connect_failed.fetch_add(1, Ordering::Relaxed);
-            }
-            sh.failure(format!("client {i} → {}/ws: {e}", opts.url));
-            return None;
-        }
+        Err(e) => return connect_failed(&sh, i, &format!("{}/ws", opts.url), e),
     };
-    if let Ok(mut h) = sh.connect_hist.lock() {
-        h.saturating_record((timings.total.as_micros() as u64).max(1));
-    }
+    record_connect(&sh, &timings);
     let mut tracker = Tracker::new(Vec::with_capacity(topics.len()));
     for t in topics {
         let name = &names[t as usize];

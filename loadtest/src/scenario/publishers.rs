@@ -18,7 +18,7 @@ use super::{Measured, Plan, Workload};
 use crate::auth::Tokens;
 use crate::client::{ConnectOptions, Connection, Incoming, connect};
 use crate::error::RunError;
-use crate::redis_conn::RedisConn;
+use crate::redis_conn::{self, RedisConn};
 use crate::report::{self, PublisherLedger, Stamp};
 use crate::sys;
 
@@ -112,7 +112,7 @@ async fn sinks(
             url: url.clone(),
             source,
         };
-        Some(RedisConn::connect(&url).await.map_err(redis_err)?)
+        Some(redis_conn::connect(&url).await.map_err(redis_err)?)
     } else {
         None
     };
@@ -252,7 +252,7 @@ async fn publisher_task(ctx: PubCtx, mut sink: PubSink, sh: Arc<Shared>) -> Publ
                     }
                     PubSink::Redis { conn, channel } => {
                         let msg = format!("{{\"topic\":{},\"data\":{data}}}", topic_json[topic as usize]);
-                        let res: redis::RedisResult<i64> = redis::cmd(conn.publish_command())
+                        let res: redis::RedisResult<i64> = redis::cmd(redis_conn::publish_command(conn))
                             .arg(channel.as_str())
                             .arg(msg)
                             .query_async(conn)
@@ -260,7 +260,7 @@ async fn publisher_task(ctx: PubCtx, mut sink: PubSink, sh: Arc<Shared>) -> Publ
                         sh.acks.record(ctx.id as usize, sh.now_us().saturating_sub(t));
                         match res {
                             Ok(_) => None,
-                            Err(e) => Some(format!("publisher {}: {}: {e}", ctx.id, conn.publish_command())),
+                            Err(e) => Some(format!("publisher {}: {}: {e}", ctx.id, redis_conn::publish_command(conn))),
                         }
                     }
                 };

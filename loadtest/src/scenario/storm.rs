@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::Plan;
 use crate::error::RunError;
-use crate::redis_conn::RedisConn;
+use crate::redis_conn;
 use crate::report::StormFigures;
 use crate::sys;
 
@@ -34,10 +34,10 @@ pub(super) async fn run(plan: &Plan, names: &[String]) -> Result<Option<StormFig
     };
     // A pipeline of large PUBLISHes to busy subscribers can take seconds to be answered;
     // redis-rs gives up after 500 ms by default. On a cluster: SPUBLISH (sharded mode).
-    let mut conn = RedisConn::connect_with_timeout(&url, Some(Duration::from_secs(60)))
+    let mut conn = redis_conn::connect_with_timeout(&url, Some(Duration::from_secs(60)))
         .await
         .map_err(redis_err)?;
-    let publish = conn.publish_command();
+    let publish = redis_conn::publish_command(&conn);
     let data = "x".repeat(plan.payload);
     let mut peak = before;
     let mut published = 0u64;

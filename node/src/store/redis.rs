@@ -14,11 +14,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime, Timeouts};
-use fanout_adapter::RedisTarget;
-use redis::aio::ConnectionLike;
+use fanout_adapter::{EitherConnection, RedisTarget};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{AsyncCommands, Script};
 use tokio::time::Instant;
 
 use super::batch::PresenceBatcher;
@@ -40,41 +39,9 @@ enum Target {
 }
 
 /// One store operation's connection: pooled (single Redis) or a clone of the multiplexed
-/// cluster connection. Both speak [`ConnectionLike`], so the store code is written once.
-pub(super) enum Conn {
-    /// A connection of the single-server pool.
-    Single(deadpool_redis::Connection),
-    /// The cluster connection (cheap to clone: a handle on one multiplexer).
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(conn) => conn.req_packed_command(cmd),
-            Conn::Cluster(conn) => conn.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(conn) => conn.get_db(),
-            Conn::Cluster(conn) => conn.get_db(),
-        }
-    }
-}
+/// cluster connection (cheap: a handle on one multiplexer). Both speak `ConnectionLike`, so
+/// the store code is written once.
+pub(super) type Conn = EitherConnection<deadpool_redis::Connection, ClusterConnection>;
 
 /// A Redis connection (pool or cluster) plus what every store needs: key prefix and metrics.
 #[derive(Clone)]
