@@ -277,7 +277,9 @@ describe('per-connection request rate', () => {
     const results = await Promise.all(replies);
     const ok = results.filter((r) => r.result === true).length;
     const limited = results.filter((r) => r.error && r.error.code === 'rate_limited').length;
-    assert.ok(ok >= 200 && ok <= 300, `accepted ${ok}: ${JSON.stringify(results.slice(0, 2))}`);
+    // The `authenticate` request took one token of the burst of 200: with no refill before
+    // the burst is over (a fast machine), exactly 199 publishes are accepted.
+    assert.ok(ok >= 199 && ok <= 300, `accepted ${ok}: ${JSON.stringify(results.slice(0, 2))}`);
     assert.ok(limited >= 100, `rate_limited ${limited}`);
     const closed = await c.closed;
     assert.equal(closed.code, 1006, 'closed at the transport level, no close frame');
