@@ -68,6 +68,7 @@ pub mod starting;
 pub mod state;
 pub mod store;
 mod topics;
+mod upgrade;
 mod ws;
 
 use std::future::Future;
@@ -237,6 +238,8 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
         .delivery
         .set_polling_closer(sio::polling::PollingCloser::new(sio_service.clone()));
     let client_limits = ClientLimits::from_config(&cfg);
+    // In front of it: trimmed requests and fanout's own WebSocket handshakes (sio::request).
+    let sio_service = sio::request::SocketIoEntry::new(sio_service);
     let router = axum::Router::new().fallback_service(sio_service);
     let router = http::outer_layers(router, &state, &client_limits);
     Ok(Node {

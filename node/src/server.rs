@@ -195,13 +195,14 @@ fn request_timeout() -> Response<Body> {
     response
 }
 
-/// For a Socket.IO request or a WebSocket upgrade: the request's URI and header values copied
-/// into allocations of their own. hyper parses them as slices of the connection's 8 KiB read
-/// buffer, and engineioxide keeps a session's first request parts for the session's whole
-/// life — with them the buffer, ~8 KB per idle connection. Other requests are left alone.
+/// For a WebSocket upgrade outside the Socket.IO path (`/ws`): the request's URI and header
+/// values copied into allocations of their own. hyper parses them as slices of the
+/// connection's 8 KiB read buffer, and whatever the upgraded connection keeps of its request
+/// would keep that buffer with it. Socket.IO requests are trimmed and copied later, after the
+/// layers that read their headers ([`crate::sio::request`]); other requests are left alone.
 fn own_parts(req: Request<Body>) -> Request<Body> {
     let upgrade = req.headers().contains_key(header::UPGRADE);
-    if !(upgrade || req.uri().path().starts_with("/socket.io")) {
+    if !upgrade || req.uri().path().starts_with("/socket.io") {
         return req;
     }
     let (mut parts, body) = req.into_parts();
@@ -255,10 +256,11 @@ mod tests {
     }
 
     /// What hyper does: URI and header values as slices of the read buffer. After
-    /// `own_parts`, nothing of a Socket.IO request or an upgrade points into it any more.
+    /// `own_parts`, nothing of a `/ws` upgrade points into it any more; Socket.IO requests
+    /// are left to `sio::request`, anything else is left alone.
     #[test]
-    fn upgrade_requests_let_go_of_the_read_buffer() {
-        let buf = bytes::Bytes::from_static(b"/socket.io/?EIO=4&transport=websocket websocket abc");
+    fn ws_upgrades_let_go_of_the_read_buffer() {
+        let buf = bytes::Bytes::from_static(b"/ws?token=abcdef_____________________ websocket abc");
         let shared = |from: usize, to: usize| buf.slice(from..to);
         let request = |path: bytes::Bytes| {
             let mut req = Request::new(Body::empty());
@@ -273,28 +275,32 @@ mod tests {
             );
             req
         };
-        let before = request(shared(0, 37));
+        let before = request(shared(0, 16));
         assert!(
             inside(&buf, before.uri().path().as_bytes()),
             "the test's premise"
         );
         let after = own_parts(before);
-        assert_eq!(after.uri().query(), Some("EIO=4&transport=websocket"));
+        assert_eq!(after.uri().query(), Some("token=abcdef"));
         assert!(!inside(&buf, after.uri().path().as_bytes()));
         for value in after.headers().values() {
             assert!(!inside(&buf, value.as_bytes()));
         }
         assert_eq!(after.headers()[header::SEC_WEBSOCKET_KEY], "abc");
 
-        // Anything else keeps its parts as they are.
-        let mut other = request(shared(0, 10));
-        other.headers_mut().remove(header::UPGRADE);
-        *other.uri_mut() = Uri::from_static("/api/users");
-        let other = own_parts(other);
-        assert!(inside(
-            &buf,
-            other.headers()[header::SEC_WEBSOCKET_KEY].as_bytes()
-        ));
+        // Socket.IO upgrades are trimmed later; other requests keep their parts as they are.
+        for path in ["/socket.io/?EIO=4&transport=websocket", "/api/users"] {
+            let mut other = request(shared(0, 10));
+            *other.uri_mut() = Uri::from_static(path);
+            if path == "/api/users" {
+                other.headers_mut().remove(header::UPGRADE);
+            }
+            let other = own_parts(other);
+            assert!(inside(
+                &buf,
+                other.headers()[header::SEC_WEBSOCKET_KEY].as_bytes()
+            ));
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,19 +14,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Extension;
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, StreamExt};
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -45,6 +42,7 @@ use crate::request::WsFrame;
 use crate::state::AppState;
 use crate::store::ConnKey;
 use crate::topics::Topic;
+use crate::upgrade::{self, Accepted};
 
 /// Largest WebSocket frame written: a bigger text message goes out in fragments of this
 /// size. tungstenite copies every frame into a write buffer that keeps, for the connection's
@@ -108,63 +106,6 @@ fn close_code(reason: CloseReason) -> u16 {
     }
 }
 
-/// Why a `GET /ws` is not a WebSocket handshake (the statuses axum's extractor answers).
-#[derive(Debug, thiserror::Error)]
-enum NotWebSocket {
-    #[error("Connection header did not include 'upgrade'")]
-    Connection,
-    #[error("`Upgrade` header did not include 'websocket'")]
-    Upgrade,
-    #[error("`Sec-WebSocket-Version` header did not include '13'")]
-    Version,
-    #[error("`Sec-WebSocket-Key` header missing")]
-    Key,
-    #[error("WebSocket request couldn't be upgraded since no upgrade state was present")]
-    NotUpgradable,
-}
-
-impl IntoResponse for NotWebSocket {
-    fn into_response(self) -> Response {
-        let status = match self {
-            NotWebSocket::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        (status, self.to_string()).into_response()
-    }
-}
-
-/// True when header `name` lists `token` (comma-separated, case-insensitive).
-fn lists(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    })
-}
-
-/// Checks the handshake headers (RFC 6455 4.2.1); returns the key to answer.
-fn handshake_key(headers: &HeaderMap) -> Result<HeaderValue, NotWebSocket> {
-    if !lists(headers, header::CONNECTION, "upgrade") {
-        return Err(NotWebSocket::Connection);
-    }
-    if !lists(headers, header::UPGRADE, "websocket") {
-        return Err(NotWebSocket::Upgrade);
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
-        return Err(NotWebSocket::Version);
-    }
-    headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .cloned()
-        .ok_or(NotWebSocket::Key)
-}
-
 /// `GET /ws`: upgrades to the plain-WebSocket protocol. The upgrade is done here on
 /// tokio-tungstenite rather than through axum's extractor, to own the WebSocket's
 /// configuration and how frames are written ([`FRAGMENT`]).
@@ -173,18 +114,15 @@ pub async fn ws_upgrade(
     tcp: Option<Extension<ConnectInfo<TrackedAddr>>>,
     mut req: Request,
 ) -> Response {
-    let key = match handshake_key(req.headers()) {
-        Ok(key) => key,
+    let accepted = match upgrade::accept(&mut req) {
+        Ok(accepted) => accepted,
         Err(err) => return err.into_response(),
-    };
-    let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
-        return NotWebSocket::NotUpgradable.into_response();
     };
     drop(req);
     let conn = tcp.map(|Extension(ConnectInfo(addr))| addr.conn);
     let (max, read_buffer) = (state.cfg.max_payload, state.cfg.ws_read_buffer);
     tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
+        let Some(upgraded) = Accepted::connection(accepted.upgrade).await else {
             return;
         };
         // tungstenite's defaults (128 KiB read buffer, 128 KiB write batching) cost ~100 KB
@@ -194,21 +132,10 @@ pub async fn ws_upgrade(
             .write_buffer_size(0)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+        let socket = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(config)).await;
         run_connection(state, socket, conn).await;
     });
-    let accept = derive_accept_key(key.as_bytes());
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(accept) = HeaderValue::from_str(&accept) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    response
+    accepted.response
 }
 
 async fn run_connection(
@@ -455,45 +382,6 @@ mod tests {
         assert_eq!(whole, Message::Text(Utf8Bytes::from(long)));
         let short = client.next().await.expect("a message").expect("valid");
         assert_eq!(short, Message::text("short"));
-    }
-
-    #[test]
-    fn handshake_headers_are_checked() {
-        let mut headers = HeaderMap::new();
-        assert!(matches!(
-            handshake_key(&headers),
-            Err(NotWebSocket::Connection)
-        ));
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, Upgrade"),
-        );
-        assert!(matches!(
-            handshake_key(&headers),
-            Err(NotWebSocket::Upgrade)
-        ));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
-        assert!(matches!(
-            handshake_key(&headers),
-            Err(NotWebSocket::Version)
-        ));
-        headers.insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        assert!(matches!(handshake_key(&headers), Err(NotWebSocket::Key)));
-        headers.insert(
-            header::SEC_WEBSOCKET_KEY,
-            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
-        );
-        assert_eq!(
-            handshake_key(&headers).ok(),
-            Some(HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
-        );
-        assert_eq!(
-            NotWebSocket::Key.into_response().status(),
-            StatusCode::BAD_REQUEST
-        );
     }
 
     #[test]

@@ -6,12 +6,13 @@
 //!
 //! Shared here: disconnect labels, connection keys, the link between a socket and the TCP
 //! connection its WebSocket runs on ([`link_upgrade`]), and [`register`], which mounts the
-//! three namespaces.
+//! three namespaces. [`request`] trims what a session keeps of its opening request.
 
 pub mod chat;
 pub mod idle;
 pub mod polling;
 pub mod pubsub;
+pub mod request;
 pub mod stream;
 
 use std::str::FromStr;
