@@ -26,7 +26,7 @@
 //! session ended — every request from then on, queued or new, is answered `unauthorized` —
 //! and asks the transport to close.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
@@ -50,7 +50,7 @@ use crate::metrics::PublishSource;
 use crate::request::Request;
 use crate::state::AppState;
 use crate::store::ConnKey;
-use crate::topics::{Topic, authorize_publish, authorize_subscribe};
+use crate::topics::{Topic, TopicSet, authorize_publish, authorize_subscribe};
 
 /// Most topics one connection may be subscribed to.
 pub const MAX_TOPICS_PER_CONNECTION: usize = 1024;
@@ -217,7 +217,7 @@ pub struct Client {
     session: Mutex<Option<Session>>,
     /// [`LIVE`], or the [`CloseReason`] its session ended for.
     ended: AtomicU8,
-    topics: Mutex<BTreeSet<Topic>>,
+    topics: Mutex<TopicSet>,
     queue: Mutex<Queue>,
     gone: AtomicBool,
 }
@@ -239,7 +239,7 @@ impl Client {
             limiter,
             session: Mutex::new(None),
             ended: AtomicU8::new(LIVE),
-            topics: Mutex::new(BTreeSet::new()),
+            topics: Mutex::new(TopicSet::default()),
             queue: Mutex::new(Queue::default()),
             gone: AtomicBool::new(false),
         })
