@@ -600,7 +600,10 @@ async fn fails_fast(s: &Stores) {
     let hashes: Vec<TokenHash> = (0..200).map(|i| TokenHash(format!("{i}"))).collect();
     let gets = hashes.iter().map(|hash| s.tokens.get(hash));
     for result in futures_util::future::join_all(gets).await {
-        assert!(matches!(result, Err(StoreError::Unavailable(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "{result:?}"
+        );
     }
     assert!(started.elapsed() < OUTAGE_BOUND, "{:?}", started.elapsed());
 }
