@@ -6,7 +6,7 @@ use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 /// A connection of one of two kinds, both speaking [`ConnectionLike`]: typically a
-/// single-server connection (pooled or multiplexed) and a cluster connection.
+/// single-server connection (multiplexed, maybe reconnecting) and a cluster connection.
 pub enum EitherConnection<S, C> {
     /// A connection to one Redis server (classic mode).
     Single(S),

@@ -48,7 +48,11 @@ struct Single {
 
 impl Single {
     fn start() -> Self {
-        let port = free_port();
+        Self::on(free_port())
+    }
+
+    /// A `redis-server` on `port` (again, after one there was stopped).
+    fn on(port: u16) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -548,4 +552,149 @@ async fn unreachable_cluster_fails_fast_and_typed() {
             started.elapsed()
         );
     }
+}
+
+/// How long one operation may take while Redis is gone: one connect or reply bound (2 s) and
+/// some slack for a loaded test machine.
+const OUTAGE_BOUND: Duration = Duration::from_secs(3);
+
+fn token_record() -> TokenRecord {
+    TokenRecord {
+        user_id: UserId::new("7"),
+        ttl: 600,
+        created: "2026-01-01T00:00:00Z".into(),
+        scopes: vec![],
+    }
+}
+
+/// A token write and read, as one check that the stores reach Redis.
+async fn token_round_trip(s: &Stores, name: &str) -> Result<(), StoreError> {
+    let hash = TokenHash(name.into());
+    s.tokens.insert(&hash, &token_record()).await?;
+    assert_eq!(s.tokens.get(&hash).await?, Some(token_record()));
+    Ok(())
+}
+
+/// Every operation (a token read, a script, a presence pipeline) fails as `Unavailable`
+/// within [`OUTAGE_BOUND`], also when many run at once.
+async fn fails_fast(s: &Stores) {
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = s.tokens.get(&TokenHash("ab".into())).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(started.elapsed() < OUTAGE_BOUND, "{:?}", started.elapsed());
+        let started = Instant::now();
+        let err = s.users.create(new_user("outage")).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(started.elapsed() < OUTAGE_BOUND, "{:?}", started.elapsed());
+        let started = Instant::now();
+        let err = s
+            .presence
+            .join("t", &ConnKey("n/sio/1".into()), &UserId::new("7"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(started.elapsed() < OUTAGE_BOUND, "{:?}", started.elapsed());
+    }
+    let started = Instant::now();
+    let hashes: Vec<TokenHash> = (0..200).map(|i| TokenHash(format!("{i}"))).collect();
+    let gets = hashes.iter().map(|hash| s.tokens.get(hash));
+    for result in futures_util::future::join_all(gets).await {
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "{result:?}"
+        );
+    }
+    assert!(started.elapsed() < OUTAGE_BOUND, "{:?}", started.elapsed());
+}
+
+/// The number of clients connected to the Redis on `port`, not counting the asking redis-cli.
+fn clients(port: u16) -> usize {
+    let info = Cluster::cli(port, &["INFO", "clients"]);
+    let line = info
+        .lines()
+        .find_map(|line| line.strip_prefix("connected_clients:"))
+        .unwrap();
+    line.trim().parse::<usize>().unwrap() - 1
+}
+
+/// One Redis killed under the stores: operations fail fast and typed, none hangs; the same
+/// Redis restarted on the same port: the same stores work again, from the first operation on,
+/// over one connection however many operations run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_redis_lost_and_back() {
+    let redis = Single::start();
+    let port = redis.port;
+    let s = stores(&format!("redis://127.0.0.1:{port}"), "fanout");
+    token_round_trip(&s, "before").await.unwrap();
+    let hashes: Vec<TokenHash> = (0..500).map(|i| TokenHash(format!("{i}"))).collect();
+    let gets = hashes.iter().map(|hash| s.tokens.get(hash));
+    for result in futures_util::future::join_all(gets).await {
+        assert_eq!(result.unwrap(), None);
+    }
+    assert_eq!(clients(port), 1, "every store shares one connection");
+
+    drop(redis);
+    fails_fast(&s).await;
+
+    let redis = Single::on(port);
+    token_round_trip(&s, "after").await.unwrap();
+    s.presence
+        .join("t", &ConnKey("n/sio/1".into()), &UserId::new("7"))
+        .await
+        .unwrap();
+    s.users.create(new_user("after")).await.unwrap();
+    assert_eq!(clients(port), 1, "one connection after the reconnect");
+
+    // Lost again while idle, back again.
+    drop(redis);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _redis = Single::on(port);
+    // The first operation may meet the connection Redis closed (already gone, or cut while
+    // in flight — which may not be sent again): it fails fast; the next one reconnects.
+    let started = Instant::now();
+    if let Err(err) = token_round_trip(&s, "again").await {
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(started.elapsed() < OUTAGE_BOUND, "{:?}", started.elapsed());
+        token_round_trip(&s, "again").await.unwrap();
+    }
+}
+
+/// A Redis that stops answering (SIGSTOP, as a hung server or a partition looks): every
+/// operation gives up after the reply bound instead of hanging; once it answers again
+/// (SIGCONT) the same connection works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_redis_hung_then_answering() {
+    let redis = Single::start();
+    let s = stores(&format!("redis://127.0.0.1:{}", redis.port), "fanout");
+    token_round_trip(&s, "before").await.unwrap();
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &redis.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let result = std::panic::AssertUnwindSafe(fails_fast(&s));
+    let outcome = futures_util::FutureExt::catch_unwind(result).await;
+    signal("-CONT");
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    token_round_trip(&s, "after").await.unwrap();
+    assert_eq!(clients(redis.port), 1);
+}
+
+/// Stores made while nothing listens (a node started before its Redis): operations fail fast
+/// and typed; once Redis starts, the same stores work, from the first operation on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_redis_not_there_yet() {
+    let port = free_port();
+    let s = stores(&format!("redis://127.0.0.1:{port}"), "fanout");
+    fails_fast(&s).await;
+    let _redis = Single::on(port);
+    token_round_trip(&s, "first").await.unwrap();
+    s.users.create(new_user("first")).await.unwrap();
+    assert_eq!(clients(port), 1);
 }

@@ -1,10 +1,10 @@
 //! Presence writes in pipelines. A subscribe (or unsubscribe) records presence in Redis
-//! before it is acknowledged; one round trip each (plus the pool's recycle check) made
-//! presence most of a subscribe's latency during a connect storm. Writes now queue here, and
-//! one task sends everything queued while the previous pipeline was in flight as the next
-//! pipeline: one round trip per batch, in arrival order, and every caller still gets its
-//! own result before its ack. The pipelines share one kept connection: a connection fresh from
-//! the pool costs a check round trip of its own.
+//! before it is acknowledged; one round trip each made presence most of a subscribe's latency
+//! during a connect storm. Writes now queue here, and one task sends everything queued while
+//! the previous pipeline was in flight as the next pipeline: one round trip per batch, in
+//! arrival order, and every caller still gets its own result before its ack. The pipelines go
+//! over the backend's shared multiplexed connection (which reconnects by itself), interleaved
+//! with the other stores' commands.
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -63,14 +63,13 @@ impl PresenceBatcher {
     }
 }
 
-/// Sends the queued writes, a pipeline at a time, until every sender is gone. The
-/// connection is kept from one pipeline to the next (a broken one is replaced).
+/// Sends the queued writes, a pipeline at a time, until every sender is gone.
 async fn run(backend: RedisBackend, mut rx: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut conn = None;
+    let mut conn = backend.connection();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let started = Instant::now();
-        let result = send(&backend, &mut conn, &batch).await;
+        let result = send(&mut conn, &batch).await;
         backend.record("presence_batch", started.elapsed(), result.is_ok());
         for w in batch.drain(..) {
             let own = match &result {
@@ -83,15 +82,11 @@ async fn run(backend: RedisBackend, mut rx: mpsc::Receiver<Write>) {
     }
 }
 
-/// One pipeline of `batch` on the kept connection. On a Redis Cluster a pipeline must stay in
-/// one slot and a batch spans many topics: the writes are sent as concurrent commands
-/// instead, which the multiplexed cluster connection pipelines per shard by itself.
-async fn send(backend: &RedisBackend, conn: &mut Option<Conn>, batch: &[Write]) -> StoreResult<()> {
-    let c = match conn {
-        Some(c) => c,
-        None => conn.insert(backend.connection().await?),
-    };
-    let result = match c {
+/// One pipeline of `batch`. On a Redis Cluster a pipeline must stay in one slot and a batch
+/// spans many topics: the writes are sent as concurrent commands instead, which the
+/// multiplexed cluster connection pipelines per shard by itself.
+async fn send(conn: &mut Conn, batch: &[Write]) -> StoreResult<()> {
+    let result = match conn {
         Conn::Cluster(cluster) => {
             let sends = batch.iter().map(|w| {
                 let mut cluster = cluster.clone();
@@ -105,12 +100,9 @@ async fn send(backend: &RedisBackend, conn: &mut Option<Conn>, batch: &[Write]) 
             for w in batch {
                 pipe.add_command(command(w)).ignore();
             }
-            pipe.query_async::<()>(c).await
+            pipe.query_async::<()>(conn).await
         }
     };
-    if result.is_err() {
-        *conn = None;
-    }
     result.map_err(|err| StoreError::Unavailable(err.to_string()))
 }
 
@@ -127,7 +119,7 @@ mod tests {
     use std::process::{Child, Command, Stdio};
     use std::time::Duration;
 
-    use deadpool_redis::redis::AsyncCommands;
+    use redis::AsyncCommands;
 
     use super::*;
     use crate::metrics::Metrics;
@@ -190,7 +182,7 @@ mod tests {
             assert!(result.is_ok(), "{result:?}");
         }
         batcher.hdel("t:p".into(), "c0".into()).await.expect("hdel");
-        let mut conn = backend.connection().await.expect("connection");
+        let mut conn = backend.connection();
         let len: usize = conn.hlen("t:p").await.expect("hlen");
         assert_eq!(len, 49);
         drop(conn);

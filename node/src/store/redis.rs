@@ -1,23 +1,26 @@
 //! Redis stores for cluster mode, with the keys of [`super::keys`], over one Redis
-//! (`redis://`, a deadpool of connections) or a Redis Cluster (`redis+cluster://`, redis-rs's
-//! multiplexed cluster connection, which routes every command to its slot's master and follows
-//! redirections and failovers). The store code is the same for both: every command touches one
-//! key, or is a Lua script over keys of one hash slot; no WATCH and no MULTI (a multiplexed
-//! cluster connection cannot hold a transaction). Writes that must be atomic (user creation,
-//! record create/replace/patch/delete, seat claims) are scripts; a patch is a compare-and-set
-//! script retried when the record changed meanwhile. Every operation is timed into
-//! `fanout_redis_command_duration_seconds`.
+//! (`redis://`, one multiplexed connection kept by redis-rs's `ConnectionManager`, which
+//! replaces it when it breaks) or a Redis Cluster (`redis+cluster://`, redis-rs's multiplexed
+//! cluster connection, which routes every command to its slot's master and follows
+//! redirections and failovers). Either way every operation shares one connection per server:
+//! concurrent commands are pipelined on it, and no command waits for a connection of its own.
+//! The store code is the same for both: every command touches one key, or is a Lua script over
+//! keys of one hash slot; no WATCH and no MULTI (a multiplexed connection cannot hold a
+//! transaction). Writes that must be atomic (user creation, record create/replace/patch/delete,
+//! seat claims) are scripts; a patch is a compare-and-set script retried when the record
+//! changed meanwhile. Every operation is timed into `fanout_redis_command_duration_seconds`.
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime, Timeouts};
 use fanout_adapter::{EitherConnection, RedisTarget};
+use futures_util::FutureExt;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncCommands, Script};
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::time::Instant;
 
 use super::batch::PresenceBatcher;
@@ -28,37 +31,31 @@ use super::{
 };
 use crate::metrics::Metrics;
 
-/// How long a store operation waits for a connection, a connect or one reply.
+/// How long a store operation waits for a connect or one reply.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where store commands go: a pool of single-server connections, or the cluster connection.
-#[derive(Clone)]
-enum Target {
-    Single(Pool),
-    Cluster(ClusterConnection),
-}
+/// One store operation's connection: a handle on the multiplexed single-server connection or
+/// on the multiplexed cluster connection (cheap clones: a handle on one multiplexer each).
+/// Both speak `ConnectionLike`, so the store code is written once.
+pub(super) type Conn = EitherConnection<SingleConnection, ClusterConnection>;
 
-/// One store operation's connection: pooled (single Redis) or a clone of the multiplexed
-/// cluster connection (cheap: a handle on one multiplexer). Both speak `ConnectionLike`, so
-/// the store code is written once.
-pub(super) type Conn = EitherConnection<deadpool_redis::Connection, ClusterConnection>;
-
-/// A Redis connection (pool or cluster) plus what every store needs: key prefix and metrics.
+/// A Redis connection (single server or cluster) plus what every store needs: key prefix and
+/// metrics.
 #[derive(Clone)]
 pub struct RedisBackend {
-    target: Target,
+    conn: Conn,
     prefix: String,
     metrics: Metrics,
 }
 
 impl RedisBackend {
-    /// A backend for `target` whose waits, connects and replies are bounded, so a lost Redis
-    /// turns into fast `unavailable` errors instead of hanging requests. Nothing is connected
-    /// yet: the first operations connect (and fail with `unavailable` while no server or no
-    /// seed answers).
+    /// A backend for `target` whose connects and replies are bounded, so a lost Redis turns
+    /// into fast `unavailable` errors instead of hanging requests. Nothing is connected yet:
+    /// the first operation connects (and fails with `unavailable` while no server or no seed
+    /// answers; a later one connects again).
     pub fn new(target: &RedisTarget, prefix: &str, metrics: Metrics) -> Result<Self, StoreError> {
-        let target = match target {
-            RedisTarget::Single(url) => Target::Single(single_pool(url)?),
+        let conn = match target {
+            RedisTarget::Single(url) => Conn::Single(SingleConnection::new(url)?),
             RedisTarget::Cluster(cluster) => {
                 let client = ClusterClientBuilder::new(cluster.seed_urls())
                     .connection_timeout(TIMEOUT)
@@ -67,11 +64,11 @@ impl RedisBackend {
                     .overall_response_timeout(Some(TIMEOUT * 2))
                     .build()
                     .map_err(|err| StoreError::Unavailable(format!("redis cluster: {err}")))?;
-                Target::Cluster(client.get_pending_async_connection_with_config(Default::default()))
+                Conn::Cluster(client.get_pending_async_connection_with_config(Default::default()))
             }
         };
         Ok(Self {
-            target,
+            conn,
             prefix: prefix.to_string(),
             metrics,
         })
@@ -84,10 +81,7 @@ impl RedisBackend {
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let started = Instant::now();
-        let result = match self.connection().await {
-            Ok(conn) => f(conn).await,
-            Err(err) => Err(err),
-        };
+        let result = f(self.connection()).await;
         let ok = !matches!(
             result,
             Err(StoreError::Unavailable(_) | StoreError::Corrupt(_))
@@ -96,18 +90,10 @@ impl RedisBackend {
         result
     }
 
-    /// A connection, which may be kept across operations: from the pool (which checks a
-    /// connection with a round trip, `UNWATCH` + `PING`, every time it hands one out), or a
-    /// handle on the multiplexed cluster connection.
-    pub(super) async fn connection(&self) -> StoreResult<Conn> {
-        match &self.target {
-            Target::Single(pool) => pool
-                .get()
-                .await
-                .map(Conn::Single)
-                .map_err(|err| StoreError::Unavailable(format!("redis connection: {err}"))),
-            Target::Cluster(conn) => Ok(Conn::Cluster(conn.clone())),
-        }
+    /// A handle on the shared connection, which may be kept across operations (it connects,
+    /// and reconnects after a failure, by itself).
+    pub(super) fn connection(&self) -> Conn {
+        self.conn.clone()
     }
 
     /// Records one operation's duration and outcome (for operations not run through `run`).
@@ -121,22 +107,72 @@ impl RedisBackend {
     }
 }
 
-/// The single-server pool: at most 32 connections, every wait bounded by [`TIMEOUT`].
-fn single_pool(url: &str) -> Result<Pool, StoreError> {
-    let timeout = Some(TIMEOUT);
-    let mut settings = PoolSettings::from_url(url);
-    settings.pool = Some(PoolConfig {
-        max_size: 32,
-        timeouts: Timeouts {
-            wait: timeout,
-            create: timeout,
-            recycle: timeout,
-        },
-        ..PoolConfig::default()
-    });
-    settings
-        .create_pool(Some(Runtime::Tokio1))
-        .map_err(|err| StoreError::Unavailable(format!("redis pool: {err}")))
+/// The connection to one Redis server: one multiplexed connection shared by every operation,
+/// kept by redis-rs's [`ConnectionManager`]. It connects on first use (so a node starts while
+/// Redis is down), one connect at a time however many operations wait for it; a connection
+/// that breaks is replaced, and a failed connect is tried again on the next use. Every wait is
+/// bounded by [`TIMEOUT`] and a connect is tried once per use, never retried with a backoff
+/// inside the manager: while Redis is down an operation fails within about [`TIMEOUT`].
+#[derive(Clone)]
+pub struct SingleConnection(ConnectionManager);
+
+impl SingleConnection {
+    /// The (not yet connected) connection to the server at `url`.
+    fn new(url: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|err| StoreError::Unavailable(format!("redis url: {err}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(0);
+        ConnectionManager::new_lazy_with_config(client, config)
+            .map(Self)
+            .map_err(|err| StoreError::Unavailable(format!("redis connection: {err}")))
+    }
+}
+
+/// True when `result` failed because a connect was refused, so the command was never sent.
+/// The manager keeps a failed connect until the next use, which then fails with that old
+/// error while it starts a new connect: after Redis came back, that first use would fail for
+/// nothing. Such a command is sent once more, on the new connect, which is safe for writes
+/// too (nothing reached Redis).
+fn refused<T>(result: &redis::RedisResult<T>) -> bool {
+    result
+        .as_ref()
+        .is_err_and(redis::RedisError::is_connection_refusal)
+}
+
+impl ConnectionLike for SingleConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        async move {
+            let result = self.0.req_packed_command(cmd).await;
+            if refused(&result) {
+                return self.0.req_packed_command(cmd).await;
+            }
+            result
+        }
+        .boxed()
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        async move {
+            let result = self.0.req_packed_commands(pipeline, offset, count).await;
+            if refused(&result) {
+                return self.0.req_packed_commands(pipeline, offset, count).await;
+            }
+            result
+        }
+        .boxed()
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
 }
 
 fn unavailable(err: redis::RedisError) -> StoreError {
