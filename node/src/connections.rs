@@ -12,7 +12,7 @@
 //! per connection: one [`ExpiryQueue`] entry per *token*, drained by one task per node.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
 
 use tokio::sync::Notify;
@@ -31,7 +31,67 @@ pub trait Endable: Send + Sync {
 
 struct TokenConns {
     expiry: Option<(Instant, ExpiryKey)>,
-    conns: HashMap<ConnKey, Weak<dyn Endable>>,
+    conns: Conns,
+}
+
+/// The connections of one token. Most tokens have one connection: it is kept inline, where
+/// a map would allocate room for four (~190 bytes per connection).
+enum Conns {
+    Empty,
+    One(ConnKey, Weak<dyn Endable>),
+    Many(HashMap<ConnKey, Weak<dyn Endable>>),
+}
+
+impl Conns {
+    fn insert(&mut self, conn: ConnKey, client: Weak<dyn Endable>) {
+        match std::mem::replace(self, Conns::Empty) {
+            Conns::Empty => *self = Conns::One(conn, client),
+            Conns::One(key, _) if key == conn => *self = Conns::One(conn, client),
+            Conns::One(key, weak) => {
+                let mut map = HashMap::with_capacity(2);
+                map.insert(key, weak);
+                map.insert(conn, client);
+                *self = Conns::Many(map);
+            }
+            Conns::Many(mut map) => {
+                map.insert(conn, client);
+                *self = Conns::Many(map);
+            }
+        }
+    }
+
+    /// Removes `conn`; true when none is left.
+    fn remove(&mut self, conn: &ConnKey) -> bool {
+        match self {
+            Conns::Empty => true,
+            Conns::One(key, _) if key == conn => {
+                *self = Conns::Empty;
+                true
+            }
+            Conns::One(..) => false,
+            Conns::Many(map) => {
+                map.remove(conn);
+                map.is_empty()
+            }
+        }
+    }
+
+    /// The connections still alive.
+    fn live(&self) -> Vec<Arc<dyn Endable>> {
+        match self {
+            Conns::Empty => Vec::new(),
+            Conns::One(_, weak) => weak.upgrade().into_iter().collect(),
+            Conns::Many(map) => map.values().filter_map(Weak::upgrade).collect(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Conns::Empty => 0,
+            Conns::One(..) => 1,
+            Conns::Many(map) => map.len(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -76,7 +136,7 @@ impl ConnRegistry {
             });
             TokenConns {
                 expiry,
-                conns: HashMap::new(),
+                conns: Conns::Empty,
             }
         });
         entry.conns.insert(conn, client);
@@ -91,8 +151,7 @@ impl ConnRegistry {
         let Some(entry) = inner.by_token.get_mut(token) else {
             return;
         };
-        entry.conns.remove(conn);
-        if entry.conns.is_empty()
+        if entry.conns.remove(conn)
             && let Some(entry) = inner.by_token.remove(token)
             && let Some((_, key)) = entry.expiry
         {
@@ -108,7 +167,7 @@ impl ConnRegistry {
             let Some(entry) = inner.by_token.get(token) else {
                 return 0;
             };
-            entry.conns.values().filter_map(Weak::upgrade).collect()
+            entry.conns.live()
         };
         for client in &clients {
             client.end(reason);
@@ -232,6 +291,34 @@ mod tests {
         registry.unregister(&t1, &ConnKey("a".into()));
         assert_eq!(registry.kick(&t1, CloseReason::Revoked), 0);
         assert_eq!(registry.tokens(), vec![TokenHash("t2".into())]);
+    }
+
+    #[test]
+    fn one_connection_is_kept_inline_and_more_in_a_map() {
+        let (a, b) = (Arc::new(Probe::default()), Arc::new(Probe::default()));
+        let key = |k: &str| ConnKey(k.into());
+        let mut conns = Conns::Empty;
+        conns.insert(key("a"), weak(&a));
+        conns.insert(key("a"), weak(&a));
+        assert!(
+            matches!(conns, Conns::One(..)),
+            "the same connection twice is one"
+        );
+        assert!(
+            !conns.remove(&key("b")),
+            "an unknown connection leaves it as it is"
+        );
+        conns.insert(key("b"), weak(&b));
+        assert!(matches!(conns, Conns::Many(_)));
+        assert_eq!((conns.len(), conns.live().len()), (2, 2));
+        drop(b);
+        assert_eq!(conns.live().len(), 1, "a dropped client is not live");
+        assert!(!conns.remove(&key("a")));
+        assert!(conns.remove(&key("b")), "none left");
+        let mut one = Conns::Empty;
+        one.insert(key("a"), weak(&a));
+        assert!(one.remove(&key("a")));
+        assert!(matches!(one, Conns::Empty));
     }
 
     #[tokio::test(start_paused = true)]
