@@ -284,8 +284,9 @@ pub struct Config {
 
     /// WebSocket read buffer of a connection in bytes, Socket.IO and `/ws` alike: what an idle
     /// connection holds to read into (a larger frame gets a buffer of its size while it is
-    /// read, in reads of this size).
-    #[arg(long, env = "FANOUT_WS_READ_BUFFER", default_value_t = 1024)]
+    /// read, in reads of this size; clients that publish large messages read faster with
+    /// 4096).
+    #[arg(long, env = "FANOUT_WS_READ_BUFFER", default_value_t = 512)]
     pub ws_read_buffer: usize,
 
     /// jemalloc purges freed memory from background threads, so an idle node gives back what
@@ -677,7 +678,7 @@ mod tests {
         assert!(!tuning.background_threads);
         assert_eq!((tuning.dirty_decay_ms, tuning.muzzy_decay_ms), (-1, 0));
         assert_eq!(cfg.ws_read_buffer, 4096);
-        assert_eq!(Config::for_tests().ws_read_buffer, 1024);
+        assert_eq!(Config::for_tests().ws_read_buffer, 512);
 
         let mut tiny = Config::for_tests();
         tiny.ws_read_buffer = 10;
