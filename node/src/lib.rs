@@ -147,13 +147,17 @@ pub async fn build(cfg: Config, methods: MethodRegistry) -> Result<Node, StartEr
                 backend.clone(),
                 node_id.clone(),
             ));
+            // Presence writes come in bursts of pipelines (a connect storm's subscribes): on
+            // a connection of their own they never queue token look-ups behind them.
+            let presence_backend = RedisBackend::new(&target, &cfg.prefix, metrics.clone())
+                .map_err(|err| StartError::Backend(err.to_string()))?;
             Stores {
                 tokens: Arc::new(CachedTokenStore::new(Arc::new(RedisTokenStore(
                     backend.clone(),
                 )))),
                 users: Arc::new(RedisUserStore(backend.clone())),
                 models: Arc::new(RedisModelStore(backend.clone())),
-                presence: Arc::new(RedisPresenceStore::new(backend.clone())),
+                presence: Arc::new(RedisPresenceStore::new(presence_backend)),
                 chat: Arc::new(RedisChatStore(backend)),
             }
         }
