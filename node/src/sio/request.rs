@@ -14,11 +14,15 @@
 //!   `Sec-WebSocket-Key` and `Content-Type` (long-polling bodies), and the extensions hyper
 //!   and fanout need later — the pending upgrade and the connection's [`TrackedAddr`]
 //!   ([`crate::sio::websocket_conn`]);
-//! - a well-formed WebSocket handshake (`EIO=4`, `transport=websocket`, a valid `sid` if
-//!   any) is answered here ([`crate::upgrade::accept`], as for `/ws`) and its connection
-//!   handed to the Socket.IO service once upgraded, with nothing but the URI and the
-//!   [`TrackedAddr`]: no task of engineioxide waits for the upgrade holding the request.
-//!   Anything else goes to the service as before, which answers its own errors.
+//! - a well-formed WebSocket handshake that opens a session (`GET`, first `EIO` is `4`, first
+//!   `transport` is `websocket`, no `sid`) is answered here ([`crate::upgrade::accept`], as
+//!   for `/ws`) and its connection handed to the Socket.IO service once upgraded, with
+//!   nothing but the URI and the [`TrackedAddr`]: no task of engineioxide waits for the
+//!   upgrade holding the request. The upgrade of a long-polling session (with `sid`) goes to
+//!   engineioxide's own path, which closes the session when the upgrade fails (the raw-socket
+//!   entry would leave it stuck "upgrading"); so does anything else, which it answers as
+//!   before, errors included. Parameters are read as engineioxide reads them: first
+//!   occurrence, and the path is `/socket.io` or under `/socket.io/`.
 //!
 //! Everything else is dropped, so the Socket.IO handlers see no request header: anything that
 //! must look at headers does it in a layer before this one.
@@ -26,7 +30,6 @@
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::pin::Pin;
-use std::str::FromStr;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -34,7 +37,6 @@ use axum::extract::ConnectInfo;
 use axum::http::{Extensions, HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
 use futures_util::future::Either;
 use hyper::upgrade::OnUpgrade;
-use socketioxide::socket::Sid;
 use tower::{Service, ServiceExt};
 
 use super::polling::NodeService;
@@ -74,27 +76,32 @@ pub fn slim_request(req: Request<Body>) -> Request<Body> {
     Request::from_parts(parts, body)
 }
 
+/// Whether `req` is for the Socket.IO path: `/socket.io` or under `/socket.io/` (the rule
+/// engineioxide routes by; `/socket.io-admin` is not).
 fn is_socket_io<B>(req: &Request<B>) -> bool {
-    req.uri().path().starts_with("/socket.io")
+    req.uri()
+        .path()
+        .strip_prefix("/socket.io")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// Whether a (trimmed) Socket.IO request is a WebSocket handshake the Engine.IO service would
-/// take: `GET`, `EIO=4`, `transport=websocket`, and a `sid` that parses if there is one (the
-/// service itself answers anything else, errors included).
-fn is_engine_io_websocket<B>(req: &Request<B>) -> bool {
+/// The first value of query parameter `name`, the one engineioxide reads.
+fn first_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// Whether a Socket.IO request opens a new session over WebSocket, as engineioxide would
+/// read it (see the module doc); anything else is the Engine.IO service's to answer.
+fn opens_websocket_session<B>(req: &Request<B>) -> bool {
     if req.method() != Method::GET || !is_socket_io(req) {
         return false;
     }
-    let (mut eio4, mut websocket, mut sid_ok) = (false, false, true);
-    for pair in req.uri().query().unwrap_or("").split('&') {
-        match pair.split_once('=') {
-            Some(("EIO", version)) => eio4 = version == "4",
-            Some(("transport", transport)) => websocket = transport == "websocket",
-            Some(("sid", sid)) => sid_ok = Sid::from_str(sid).is_ok(),
-            _ => {}
-        }
-    }
-    eio4 && websocket && sid_ok
+    let query = req.uri().query().unwrap_or("");
+    first_param(query, "EIO") == Some("4")
+        && first_param(query, "transport") == Some("websocket")
+        && first_param(query, "sid").is_none()
 }
 
 /// The entry to the node's Socket.IO service (see the module doc). Cheap to clone.
@@ -112,7 +119,7 @@ impl SocketIoEntry {
     /// Answers a WebSocket handshake and hands the connection to the Socket.IO service once
     /// upgraded. `None`, with `req` untouched, when it is not a handshake fanout answers.
     fn accept_websocket(&self, req: &mut Request<Body>) -> Option<Response<Body>> {
-        if !is_engine_io_websocket(req) {
+        if !opens_websocket_session(req) {
             return None;
         }
         let accepted = upgrade::accept(req).ok()?;
@@ -227,30 +234,34 @@ mod tests {
     }
 
     #[test]
-    fn only_well_formed_engine_io_websockets_are_answered_here() {
+    fn only_handshakes_that_open_a_websocket_session_are_answered_here() {
         let get = |uri: &str| Request::get(uri).body(()).expect("request");
-        let sid = "ZzK3Gd9pUbr3ljPA";
-        assert!(Sid::from_str(sid).is_ok(), "the premise");
         for ours in [
-            "/socket.io/?EIO=4&transport=websocket".to_string(),
-            format!("/socket.io/?EIO=4&transport=websocket&sid={sid}"),
-            "/socket.io/?transport=websocket&t=x&EIO=4".to_string(),
+            "/socket.io/?EIO=4&transport=websocket",
+            "/socket.io/?transport=websocket&t=x&EIO=4",
+            "/socket.io?EIO=4&transport=websocket",
+            "/socket.io/?EIO=4&transport=websocket&EIO=3",
         ] {
-            assert!(is_engine_io_websocket(&get(&ours)), "{ours}");
+            assert!(opens_websocket_session(&get(ours)), "{ours}");
         }
         for theirs in [
+            // A long-polling session's upgrade: engineioxide closes the session if it fails.
+            "/socket.io/?EIO=4&transport=websocket&sid=ZzK3Gd9pUbr3ljPA",
+            "/socket.io/?EIO=4&transport=websocket&sid=not-a-sid",
             "/socket.io/?EIO=4&transport=polling",
             "/socket.io/?EIO=3&transport=websocket",
+            "/socket.io/?EIO=3&EIO=4&transport=websocket",
+            "/socket.io/?EIO=4&transport=polling&transport=websocket",
             "/socket.io/?transport=websocket",
-            "/socket.io/?EIO=4&transport=websocket&sid=not-a-sid",
             "/socket.io/?EIO=4",
+            "/socket.io-admin/?EIO=4&transport=websocket",
             "/ws?EIO=4&transport=websocket",
         ] {
-            assert!(!is_engine_io_websocket(&get(theirs)), "{theirs}");
+            assert!(!opens_websocket_session(&get(theirs)), "{theirs}");
         }
         let mut post = get("/socket.io/?EIO=4&transport=websocket");
         *post.method_mut() = Method::POST;
-        assert!(!is_engine_io_websocket(&post));
+        assert!(!opens_websocket_session(&post));
     }
 
     #[test]
@@ -307,6 +318,43 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         panic!("no {count} sockets on /chat");
+    }
+
+    /// Sends one raw HTTP/1.1 request on a new connection; the whole answer (the request
+    /// must say `Connection: close`), or `None` when none came within `within`.
+    async fn http(addr: std::net::SocketAddr, request: String) -> String {
+        http_within(addr, request, std::time::Duration::from_secs(10))
+            .await
+            .expect("an answer in time")
+    }
+
+    async fn http_within(
+        addr: std::net::SocketAddr,
+        request: String,
+        within: std::time::Duration,
+    ) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let exchange = async {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            tcp.write_all(request.as_bytes()).await.expect("write");
+            let mut answer = Vec::new();
+            tcp.read_to_end(&mut answer).await.expect("read");
+            String::from_utf8_lossy(&answer).into_owned()
+        };
+        tokio::time::timeout(within, exchange).await.ok()
+    }
+
+    /// Opens a long-polling session (with a cookie and a user agent); its id.
+    async fn open_polling_session(addr: std::net::SocketAddr) -> String {
+        let open = http(addr, format!(
+            "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: {addr}\r\nCookie: a=b\r\nUser-Agent: agent/1\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        open.split("\"sid\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a session id")
+            .to_string()
     }
 
     fn assert_slim(parts: &axum::http::request::Parts) {
@@ -378,26 +426,9 @@ mod tests {
         );
 
         // Long-polling: open, then connect to /chat in a POST, over plain HTTP/1.1.
-        let http = |request: String| async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            tcp.write_all(request.as_bytes()).await.expect("write");
-            let mut answer = Vec::new();
-            tcp.read_to_end(&mut answer).await.expect("read");
-            String::from_utf8_lossy(&answer).into_owned()
-        };
-        let open = http(format!(
-            "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: {addr}\r\nCookie: a=b\r\nUser-Agent: agent/1\r\nConnection: close\r\n\r\n"
-        ))
-        .await;
-        let sid = open
-            .split("\"sid\":\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .expect("a session id")
-            .to_string();
+        let sid = open_polling_session(addr).await;
         let body = "40/chat,";
-        let posted = http(format!(
+        let posted = http(addr, format!(
             "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ))
@@ -413,5 +444,37 @@ mod tests {
             })
             .expect("the polling session");
         assert_slim(polling);
+    }
+
+    /// A long-polling session whose WebSocket upgrade fails (the client hangs up before the
+    /// probe) is closed, as engineioxide does on its own path: answering that handshake here
+    /// would leave the session "upgrading" for good, its polls answered at once and never
+    /// timed out.
+    #[tokio::test]
+    async fn a_failed_upgrade_closes_its_polling_session() {
+        let (_state, addr, _stop) = serve_node().await;
+        let sid = open_polling_session(addr).await;
+        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}");
+        let (ws, response) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("upgrade");
+        assert_eq!(response.status(), 101);
+        drop(ws);
+        let poll = format!(
+            "GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        );
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut last = None;
+        while tokio::time::Instant::now() < deadline {
+            last = http_within(addr, poll.clone(), std::time::Duration::from_millis(500)).await;
+            if last
+                .as_deref()
+                .is_some_and(|a| a.starts_with("HTTP/1.1 400"))
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the session outlived its failed upgrade; last poll answer: {last:?}");
     }
 }
