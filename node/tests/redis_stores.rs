@@ -660,9 +660,9 @@ async fn one_redis_lost_and_back() {
     }
 }
 
-/// A Redis that stops answering (SIGSTOP, as a hung server or a partition looks): every
-/// operation gives up after the reply bound instead of hanging; once it answers again
-/// (SIGCONT) the same connection works.
+/// A Redis that stops answering (SIGSTOP, as a hung server looks): every operation gives up
+/// after the reply bound instead of hanging; once it answers again (SIGCONT) the stores work,
+/// on one connection again (the one that timed out was replaced, see below).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_redis_hung_then_answering() {
     let redis = Single::start();
@@ -683,7 +683,117 @@ async fn one_redis_hung_then_answering() {
         std::panic::resume_unwind(panic);
     }
     token_round_trip(&s, "after").await.unwrap();
+    // Connects made while it was stopped were queued by the kernel and are let go now.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while clients(redis.port) != 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(clients(redis.port), 1);
+}
+
+/// A TCP relay to `upstream` whose existing connections can be frozen: bytes stop moving both
+/// ways while the sockets stay open, as with a host that vanished or a partition. Connections
+/// made after a freeze relay normally.
+struct Relay {
+    port: u16,
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+    /// Connections numbered below this are frozen.
+    frozen_below: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Relay {
+    async fn start(upstream: u16) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let frozen_below = Arc::new(AtomicU64::new(0));
+        let (count, frozen) = (accepted.clone(), frozen_below.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let id = count.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                let (client_rx, client_tx) = client.into_split();
+                let (server_rx, server_tx) = server.into_split();
+                let pipes: [(
+                    tokio::net::tcp::OwnedReadHalf,
+                    tokio::net::tcp::OwnedWriteHalf,
+                ); 2] = [(client_rx, server_tx), (server_rx, client_tx)];
+                for (mut from, mut to) in pipes {
+                    let frozen = frozen.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let Ok(n) = from.read(&mut buf).await else {
+                                return;
+                            };
+                            if n == 0 {
+                                return;
+                            }
+                            if id < frozen.load(Ordering::SeqCst) {
+                                // Keep the sockets open and move nothing, ever.
+                                std::future::pending::<()>().await;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self {
+            port,
+            accepted,
+            frozen_below,
+        }
+    }
+
+    /// Freezes every connection made so far; later ones relay.
+    fn freeze_existing(&self) {
+        use std::sync::atomic::Ordering;
+        let made = self.accepted.load(Ordering::SeqCst);
+        self.frozen_below.store(made, Ordering::SeqCst);
+    }
+}
+
+/// A connection that stops answering while its socket stays open (nothing tells redis-rs it is
+/// broken): the operations on it time out within the reply bound, and the stores move to a new
+/// connection instead of timing out on the dead one until the kernel gives up on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_redis_connection_gone_silent_is_replaced() {
+    let redis = Single::start();
+    let relay = Relay::start(redis.port).await;
+    let s = stores(&format!("redis://127.0.0.1:{}", relay.port), "fanout");
+    token_round_trip(&s, "before").await.unwrap();
+    assert_eq!(clients(redis.port), 1);
+
+    relay.freeze_existing();
+    let started = Instant::now();
+    let err = s.tokens.get(&TokenHash("ab".into())).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(started.elapsed() < OUTAGE_BOUND, "{:?}", started.elapsed());
+
+    // The next operations run on a fresh connection.
+    let started = Instant::now();
+    token_round_trip(&s, "after").await.unwrap();
+    s.presence
+        .join("t", &ConnKey("n/sio/1".into()), &UserId::new("7"))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < OUTAGE_BOUND, "{:?}", started.elapsed());
+    assert_eq!(
+        clients(redis.port),
+        2,
+        "the frozen connection and the new one"
+    );
 }
 
 /// Stores made while nothing listens (a node started before its Redis): operations fail fast

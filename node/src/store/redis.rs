@@ -12,6 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -113,8 +114,21 @@ impl RedisBackend {
 /// that breaks is replaced, and a failed connect is tried again on the next use. Every wait is
 /// bounded by [`TIMEOUT`] and a connect is tried once per use, never retried with a backoff
 /// inside the manager: while Redis is down an operation fails within about [`TIMEOUT`].
+///
+/// A connection that stops answering is replaced too: the manager only replaces one whose
+/// socket failed, and a dead peer whose socket stays open (a host gone, a partition) would
+/// time every operation out until the kernel gives up on the socket, many minutes later. So
+/// the first operation that times out on a connection swaps the manager for a fresh one (the
+/// next operation connects anew); operations already waiting on the old one still time out.
 #[derive(Clone)]
-pub struct SingleConnection(ConnectionManager);
+pub struct SingleConnection(Arc<SingleShared>);
+
+struct SingleShared {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// The manager in use, and how many were made before it.
+    current: std::sync::Mutex<(u64, ConnectionManager)>,
+}
 
 impl SingleConnection {
     /// The (not yet connected) connection to the server at `url`.
@@ -125,9 +139,50 @@ impl SingleConnection {
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
             .set_number_of_retries(0);
-        ConnectionManager::new_lazy_with_config(client, config)
-            .map(Self)
+        let manager = Self::manager(&client, &config)?;
+        Ok(Self(Arc::new(SingleShared {
+            client,
+            config,
+            current: std::sync::Mutex::new((0, manager)),
+        })))
+    }
+
+    fn manager(
+        client: &redis::Client,
+        config: &ConnectionManagerConfig,
+    ) -> Result<ConnectionManager, StoreError> {
+        ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
             .map_err(|err| StoreError::Unavailable(format!("redis connection: {err}")))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, ConnectionManager)> {
+        self.0.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The manager in use (a cheap handle) and its generation.
+    fn current(&self) -> (u64, ConnectionManager) {
+        self.lock().clone()
+    }
+
+    /// After an operation timed out on generation `generation`: replaces that manager, unless
+    /// another operation did already.
+    fn replace(&self, generation: u64) {
+        let mut current = self.lock();
+        if current.0 != generation {
+            return;
+        }
+        match Self::manager(&self.0.client, &self.0.config) {
+            Ok(fresh) => *current = (generation + 1, fresh),
+            Err(err) => tracing::warn!(%err, "cannot replace an unanswering Redis connection"),
+        }
+    }
+
+    /// After an operation on generation `generation`: replaces that manager if the operation
+    /// timed out.
+    fn after<T>(&self, generation: u64, result: &redis::RedisResult<T>) {
+        if result.as_ref().is_err_and(redis::RedisError::is_timeout) {
+            self.replace(generation);
+        }
     }
 }
 
@@ -145,10 +200,12 @@ fn refused<T>(result: &redis::RedisResult<T>) -> bool {
 impl ConnectionLike for SingleConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         async move {
-            let result = self.0.req_packed_command(cmd).await;
+            let (generation, mut manager) = self.current();
+            let mut result = manager.req_packed_command(cmd).await;
             if refused(&result) {
-                return self.0.req_packed_command(cmd).await;
+                result = manager.req_packed_command(cmd).await;
             }
+            self.after(generation, &result);
             result
         }
         .boxed()
@@ -161,17 +218,19 @@ impl ConnectionLike for SingleConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         async move {
-            let result = self.0.req_packed_commands(pipeline, offset, count).await;
+            let (generation, mut manager) = self.current();
+            let mut result = manager.req_packed_commands(pipeline, offset, count).await;
             if refused(&result) {
-                return self.0.req_packed_commands(pipeline, offset, count).await;
+                result = manager.req_packed_commands(pipeline, offset, count).await;
             }
+            self.after(generation, &result);
             result
         }
         .boxed()
     }
 
     fn get_db(&self) -> i64 {
-        self.0.get_db()
+        self.lock().1.get_db()
     }
 }
 
