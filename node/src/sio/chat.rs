@@ -108,6 +108,7 @@ async fn on_unknown(
     Event(name): Event,
     State(state): State<AppState>,
 ) {
+    super::until_connected(&socket).await;
     state.metrics.event_received(NAMESPACE);
     send_error(
         &state,
@@ -121,6 +122,7 @@ async fn on_load(
     TryData(data): TryData<Value>,
     State(state): State<AppState>,
 ) {
+    super::until_connected(&socket).await;
     state.metrics.event_received(NAMESPACE);
     let room = match room_id(&data.unwrap_or(Value::Null)) {
         Ok(room) => room,
@@ -147,6 +149,7 @@ async fn on_login(
     TryData(data): TryData<Value>,
     State(state): State<AppState>,
 ) {
+    super::until_connected(&socket).await;
     state.metrics.event_received(NAMESPACE);
     let data = data.unwrap_or(Value::Null);
     if socket.extensions.get::<Seat>().is_some() {
@@ -216,6 +219,7 @@ async fn on_msg(
     TryData(data): TryData<Value>,
     State(state): State<AppState>,
 ) {
+    super::until_connected(&socket).await;
     state.metrics.event_received(NAMESPACE);
     let data = data.unwrap_or(Value::Null);
     let Some(seat) = socket.extensions.get::<Seat>() else {

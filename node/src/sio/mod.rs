@@ -55,6 +55,23 @@ pub async fn register(io: &Io) -> Result<(), (&'static str, fanout_adapter::Erro
     Ok(())
 }
 
+/// How long an event handler waits for socketioxide to mark its socket connected.
+const CONNECTED_MARK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits until socketioxide has marked `socket` connected (at once, almost always).
+/// socketioxide sends a namespace's CONNECT packet and only then marks the socket connected,
+/// and its `emit` refuses a socket not marked yet. A client that answers the CONNECT at once
+/// (a `load`, an `authentication`) can have its event handled in between when the connecting
+/// task is descheduled — seen under CPU contention — and the handler's reply was then lost.
+/// Event handlers that may emit wait for the mark first; a socket that never gets it (its
+/// CONNECT could not be sent) is given up on after [`CONNECTED_MARK_WAIT`].
+pub async fn until_connected(socket: &NodeSocket) {
+    let deadline = tokio::time::Instant::now() + CONNECTED_MARK_WAIT;
+    while !socket.connected() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 /// Counts the local sockets a broadcast skipped (full buffer or closed) as dropped; returns
 /// how many.
 pub fn count_broadcast_drops(metrics: &Metrics, err: &BroadcastError) -> u64 {

@@ -184,9 +184,11 @@ pub async fn on_connect(socket: SocketRef<NodeAdapter>, State(state): State<AppS
 }
 
 /// Every event of namespace `/`: already queued by [`Queued`]; drain if asked to.
-async fn on_event(queued: Queued) {
+async fn on_event(socket: SocketRef<NodeAdapter>, queued: Queued) {
     let drain = queued.0.into_inner().unwrap_or_else(|p| p.into_inner());
     if let Some(drain) = drain {
+        // The queue's replies include events (`authenticated`, `unauthorized`).
+        super::until_connected(&socket).await;
         drain.await;
     }
 }

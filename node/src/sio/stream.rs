@@ -115,6 +115,7 @@ async fn on_update_term(
     TryData(term): TryData<Value>,
     State(state): State<AppState>,
 ) {
+    super::until_connected(&socket).await;
     state.metrics.event_received(NAMESPACE);
     let term = match term.ok().as_ref().and_then(Value::as_str).map(str::trim) {
         Some(term) if (1..=MAX_TERM_CHARS).contains(&term.chars().count()) => term.to_string(),
@@ -135,6 +136,7 @@ async fn on_update_term(
 }
 
 async fn on_stop_stream(socket: SocketRef<NodeAdapter>, State(state): State<AppState>) {
+    super::until_connected(&socket).await;
     state.metrics.event_received(NAMESPACE);
     filter_of(&socket)
         .lock()
@@ -143,6 +145,7 @@ async fn on_stop_stream(socket: SocketRef<NodeAdapter>, State(state): State<AppS
 }
 
 async fn on_start_stream(socket: SocketRef<NodeAdapter>, State(state): State<AppState>) {
+    super::until_connected(&socket).await;
     state.metrics.event_received(NAMESPACE);
     filter_of(&socket)
         .lock()
@@ -155,6 +158,7 @@ async fn on_unknown(
     Event(name): Event,
     State(state): State<AppState>,
 ) {
+    super::until_connected(&socket).await;
     state.metrics.event_received(NAMESPACE);
     state.metrics.bad_input("stream", "bad_request");
     socket
