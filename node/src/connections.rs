@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::delivery::outbound::CloseReason;
@@ -106,6 +106,9 @@ pub struct ConnRegistry {
     inner: Mutex<Inner>,
     /// Wakes the expiry task when a token expiring sooner than any other is registered.
     sooner: Notify,
+    /// Logouts waiting for their revocation to be applied on this node
+    /// ([`ConnRegistry::revocation_applied`]).
+    revocation_waiters: Mutex<HashMap<TokenHash, Vec<oneshot::Sender<()>>>>,
 }
 
 /// A wall-clock instant as a monotonic one (now, if it is past).
@@ -190,6 +193,48 @@ impl ConnRegistry {
             CloseReason::Revoked
         };
         self.kick(token, reason)
+    }
+
+    /// Resolves once a revocation of `token` has been applied on this node (its sessions
+    /// ended) by [`ConnRegistry::revocation_applied`]. A logout takes it before publishing
+    /// the revocation and answers once it resolved: a client that hears the answer finds the
+    /// token's sessions on this node ended, and every other node read the same message from
+    /// Redis at the same moment. [`ConnRegistry::forget_revocation_waiters`] after giving up.
+    pub fn revocation_waiter(&self, token: &TokenHash) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.lock_waiters()
+            .entry(token.clone())
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    /// A revocation of `token` was applied here: wakes the logouts waiting for it.
+    pub fn revocation_applied(&self, token: &TokenHash) {
+        let waiters = self.lock_waiters().remove(token).unwrap_or_default();
+        for waiter in waiters {
+            waiter.send(()).ok();
+        }
+    }
+
+    /// Drops the waiters of `token` nobody waits for any more (their logout gave up: the
+    /// message was lost, which re-validation heals).
+    pub fn forget_revocation_waiters(&self, token: &TokenHash) {
+        let mut waiters = self.lock_waiters();
+        if let Some(list) = waiters.get_mut(token) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                waiters.remove(token);
+            }
+        }
+    }
+
+    fn lock_waiters(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<TokenHash, Vec<oneshot::Sender<()>>>> {
+        self.revocation_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The tokens with at least one live local connection.
@@ -291,6 +336,30 @@ mod tests {
         registry.unregister(&t1, &ConnKey("a".into()));
         assert_eq!(registry.kick(&t1, CloseReason::Revoked), 0);
         assert_eq!(registry.tokens(), vec![TokenHash("t2".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_logout_waits_for_its_revocation_to_be_applied_here() {
+        let registry = ConnRegistry::default();
+        let token = TokenHash("t".into());
+        let waiter = registry.revocation_waiter(&token);
+        let other = registry.revocation_waiter(&TokenHash("u".into()));
+        registry.revocation_applied(&token);
+        waiter.await.expect("woken");
+        // A waiter that gave up is forgotten; one still waiting is kept.
+        let gave_up = registry.revocation_waiter(&TokenHash("u".into()));
+        drop(gave_up);
+        registry.forget_revocation_waiters(&TokenHash("u".into()));
+        assert_eq!(
+            registry
+                .lock_waiters()
+                .get(&TokenHash("u".into()))
+                .map(Vec::len),
+            Some(1)
+        );
+        drop(other);
+        registry.forget_revocation_waiters(&TokenHash("u".into()));
+        assert!(registry.lock_waiters().is_empty());
     }
 
     #[test]

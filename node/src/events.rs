@@ -130,6 +130,7 @@ pub async fn run_revocations_listener(state: AppState, mut rx: mpsc::Receiver<By
         if kicked > 0 {
             tracing::info!(kicked, "disconnected connections of a revoked token");
         }
+        state.connections.revocation_applied(&hash);
     }
     tracing::info!("revocations listener stopped");
 }

@@ -254,18 +254,41 @@ pub async fn users_login(
 /// Logs out → 204; the token dies and its sessions end on every node. Safe to retry: the
 /// revocation is published *before* the token is deleted, so when either step fails (503)
 /// the token is still valid and a retry does both again; it is published once more after
-/// the delete (best effort), for a client that re-authenticated in between.
+/// the delete (best effort), for a client that re-authenticated in between. The answer waits
+/// (at most [`REVOCATION_WAIT`]) until this node has applied the revocation.
 pub async fn users_logout(
     State(state): State<AppState>,
     Authed(session): Authed,
 ) -> Result<impl IntoResponse, AppError> {
-    publish_revocation(&state, &session.token_hash).await?;
-    state.stores.tokens.revoke(&session.token_hash).await?;
-    if let Err(err) = publish_revocation(&state, &session.token_hash).await {
+    let hash = &session.token_hash;
+    let applied = state.connections.revocation_waiter(hash);
+    let revoked = async {
+        publish_revocation(&state, hash).await?;
+        state.stores.tokens.revoke(hash).await?;
+        Ok::<_, AppError>(())
+    };
+    if let Err(err) = revoked.await {
+        drop(applied);
+        state.connections.forget_revocation_waiters(hash);
+        return Err(err);
+    }
+    if let Err(err) = publish_revocation(&state, hash).await {
         tracing::warn!(%err, "second revocation message not sent; re-validation covers it");
+    }
+    // Answer once this node has applied the revocation (every node read it from Redis at the
+    // same moment), so a request sent after the answer finds the sessions ended.
+    if tokio::time::timeout(REVOCATION_WAIT, applied)
+        .await
+        .is_err()
+    {
+        state.connections.forget_revocation_waiters(hash);
+        tracing::warn!("revocation not back from the bus in time; re-validation covers it");
     }
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// How long a logout waits for its own revocation message before it answers anyway.
+const REVOCATION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
