@@ -206,22 +206,16 @@ async fn client_task(
             Ok(id) => wait_ack(&mut conn, id, opts.timeout).await,
             Err(e) => Err(e.to_string()),
         };
-        if res.is_ok() {
-            sh.subscribed(asked.elapsed());
-        }
         match res {
             Ok(args) if ack_ok(&args) => {
+                sh.subscribed(t, asked.elapsed());
                 tracker.topics.push(t);
-                sh.subs_per_topic[t as usize].fetch_add(1, Ordering::Relaxed);
             }
             Ok(args) => sh.failure(format!("client {i}: subscribe {name} refused: {args}")),
             Err(e) => sh.failure(format!("client {i}: subscribe {name}: {e}")),
         }
     }
-    sh.connected.fetch_add(1, Ordering::Relaxed);
-    if let Ok(mut l) = sh.last_connect_ok.lock() {
-        *l = Some(Instant::now());
-    }
+    sh.client_ready();
     drop(permit);
     let key = i;
     loop {
@@ -285,18 +279,14 @@ async fn ws_client_task(
         .await;
         match res {
             Ok(Ok(_)) => {
-                sh.subscribed(asked.elapsed());
+                sh.subscribed(t, asked.elapsed());
                 tracker.topics.push(t);
-                sh.subs_per_topic[t as usize].fetch_add(1, Ordering::Relaxed);
             }
             Ok(Err(e)) => sh.failure(format!("client {i}: subscribe {name}: {e}")),
             Err(_) => sh.failure(format!("client {i}: subscribe {name}: ack timeout")),
         }
     }
-    sh.connected.fetch_add(1, Ordering::Relaxed);
-    if let Ok(mut l) = sh.last_connect_ok.lock() {
-        *l = Some(Instant::now());
-    }
+    sh.client_ready();
     drop(permit);
     tokio::select! {
         biased;

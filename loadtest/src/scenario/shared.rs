@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
@@ -60,10 +60,19 @@ impl Shared {
         self.start.elapsed().as_micros() as u64
     }
 
-    /// Records one subscribe acknowledgement's round trip.
-    pub(super) fn subscribed(&self, took: std::time::Duration) {
+    /// Records one accepted subscription to `topic` and its acknowledgement's round trip.
+    pub(super) fn subscribed(&self, topic: u32, took: std::time::Duration) {
         if let Ok(mut h) = self.subscribe_hist.lock() {
             h.saturating_record((took.as_micros() as u64).max(1));
+        }
+        self.subs_per_topic[topic as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a client that finished connecting and subscribing.
+    pub(super) fn client_ready(&self) {
+        self.connected.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_connect_ok.lock() {
+            *last = Some(Instant::now());
         }
     }
 
